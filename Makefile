@@ -1,0 +1,43 @@
+# ZStack 1.2: build the offline installer, install it on this host, test, benchmark.
+# Every target is a thin call to cargo or a script.
+
+VERSION ?= 1.2.0
+ZSTD_LEVEL ?= 19
+CARGO ?= cargo
+BIN := build/zstack-installer-$(VERSION).bin
+
+.PHONY: all bin install test test-unit test-integration bench clean
+
+all: bin
+
+## make bin [VERSION=x.y.z]: build build/zstack-installer-<version>.bin in release mode
+bin:
+	$(CARGO) build --release --locked -p zstack -p zstack-installer
+	mkdir -p build
+	target/release/zstack-bin-builder --version $(VERSION) --level $(ZSTD_LEVEL) \
+		--zstack target/release/zstack --installer target/release/zstack-installer \
+		--templates templates --migrations payload/migrations --header scripts/header.sh \
+		--out $(BIN)
+
+## make install: build the .bin and install and start the stack on this host (as root)
+install: bin
+	bash $(BIN)
+
+## make test: every tier (unit; then, as root, integration and end-to-end)
+test: test-unit test-integration
+
+test-unit:
+	$(CARGO) test --locked --workspace --exclude zstack-tests
+
+test-integration:
+	$(MAKE) bin VERSION=1.2.0
+	$(CARGO) test --locked -p zstack-tests -- --include-ignored --test-threads=1
+
+## make bench: speed and size figures (printed)
+bench:
+	$(MAKE) bin VERSION=1.2.0
+	bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf build

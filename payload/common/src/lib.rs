@@ -1,0 +1,23 @@
+//! Pieces every part of the ZStack stack shares: where files live on a host ([`layout`]), the
+//! `zstack.properties` file ([`properties`]), what a release tree is ([`release`]), rendering of
+//! the files under `templates/` ([`templates`]), the two long-running services ([`service`]), and
+//! small file-system primitives that make every write atomic ([`fsutil`]).
+
+pub mod fsutil;
+pub mod health;
+pub mod layout;
+pub mod logfile;
+pub mod os;
+pub mod properties;
+pub mod release;
+pub mod secret;
+pub mod service;
+pub mod templates;
+
+pub use layout::Layout;
+pub use properties::Properties;
+pub use release::Release;
+pub use service::Service;
+
+/// The product name, as the installer, `--info` and the health endpoints print it.
+pub const PRODUCT: &str = "ZStack";

@@ -1,0 +1,115 @@
+//! The two long-running services of the stack and what identifies each: program, systemd unit,
+//! port, log file and pid files.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Layout, Properties};
+
+/// Keys of `zstack.properties` that the programs read.
+pub mod keys {
+    pub const MANAGEMENT_IP: &str = "management.server.ip";
+    pub const API_PORT: &str = "management.api.port";
+    pub const AGENT_PORT: &str = "kvmagent.port";
+    pub const AGENT_SECRET: &str = "kvmagent.secret";
+    pub const ADMIN_PASSWORD: &str = "admin.password";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    /// The management node: HTTP API, DB, orchestration.
+    Server,
+    /// The KVM host agent.
+    KvmAgent,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Server, Service::KvmAgent];
+
+    /// The program name, which is also the systemd unit's base name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Server => "zstack-server",
+            Service::KvmAgent => "zstack-kvmagent",
+        }
+    }
+
+    pub fn unit(self) -> String {
+        format!("{}.service", self.name())
+    }
+
+    /// The unit template under `templates/`.
+    pub fn unit_template(self) -> String {
+        format!("systemd/{}.service.tera", self.name())
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Service::Server => "management node",
+            Service::KvmAgent => "KVM host agent",
+        }
+    }
+
+    pub fn port_key(self) -> &'static str {
+        match self {
+            Service::Server => keys::API_PORT,
+            Service::KvmAgent => keys::AGENT_PORT,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Service::Server => 8080,
+            Service::KvmAgent => 7070,
+        }
+    }
+
+    /// The port configured in `props`, or the default.
+    pub fn port(self, props: &Properties) -> Result<u16, String> {
+        props.get_or(self.port_key(), self.default_port())
+    }
+
+    /// The service's own log file (logical path).
+    pub fn log_file(self, layout: &Layout) -> PathBuf {
+        layout.log_dir().join(match self {
+            Service::Server => "management-server.log",
+            Service::KvmAgent => "kvmagent.log",
+        })
+    }
+
+    /// Pid file of the service process when it runs without systemd (logical path).
+    pub fn pid_file(self, layout: &Layout) -> PathBuf {
+        layout.run_dir().join(format!("{}.pid", self.name()))
+    }
+
+    /// Pid file of the supervisor that keeps the service running without systemd.
+    pub fn supervisor_pid_file(self, layout: &Layout) -> PathBuf {
+        layout.run_dir().join(format!("{}.supervisor.pid", self.name()))
+    }
+
+    /// The health URL on this host.
+    pub fn local_health_url(self, props: &Properties) -> Result<String, String> {
+        Ok(format!("http://127.0.0.1:{}/health", self.port(props)?))
+    }
+}
+
+/// How services are started on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitSystem {
+    /// systemd is PID 1: units are enabled and started with systemctl.
+    Systemd,
+    /// No systemd: `zstack-ctl` starts each service under its own supervisor process.
+    Supervisor,
+}
+
+impl InitSystem {
+    /// systemd's own test (sd_booted(3)): `/run/systemd/system` exists only when systemd is PID 1.
+    pub fn detect(layout: &Layout) -> InitSystem {
+        if !layout.is_sysroot() && Path::new("/run/systemd/system").is_dir() {
+            InitSystem::Systemd
+        } else {
+            InitSystem::Supervisor
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! `zstack-ctl`, the operator's tool: start, stop and watch the services, install the backup
+//! cron line, and (in later commands) back up, restore and upgrade the database.
+
+pub mod cron;
+pub mod lifecycle;
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use zstack_common::service::{keys, InitSystem, Service};
+use zstack_common::templates::Templates;
+use zstack_common::{Layout, Properties, Release};
+
+#[derive(Parser, Debug)]
+#[command(name = "zstack-ctl", about = "ZStack operator tool", disable_version_flag = true)]
+struct Cli {
+    /// Print the result as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start the management node and the host agent installed here.
+    #[command(alias = "start_node")]
+    Start(ServiceArgs),
+    /// Stop them (running VMs are never stopped).
+    #[command(alias = "stop_node")]
+    Stop(ServiceArgs),
+    /// Stop, then start.
+    Restart(ServiceArgs),
+    /// Show whether each service runs, its pid, version and address, and the database.
+    Status,
+    /// Print the version of this program and of the installed release.
+    Version,
+    /// Add the periodic dump_mysql line to root's crontab, unless one is there.
+    #[command(name = "install_cron")]
+    InstallCron,
+    /// Run one service in the foreground and restart it when it dies (used where systemd is not PID 1).
+    #[command(hide = true)]
+    Supervise { service: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServiceArgs {
+    /// Only this service: zstack-server or zstack-kvmagent.
+    #[arg(long)]
+    service: Option<String>,
+    /// Seconds to wait for each service.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn parse_service(name: &str) -> anyhow::Result<Service> {
+    Service::ALL
+        .into_iter()
+        .find(|s| s.name() == name)
+        .with_context(|| format!("unknown service {name:?}: use zstack-server or zstack-kvmagent"))
+}
+
+fn selected(layout: &Layout, args: &ServiceArgs) -> anyhow::Result<Vec<Service>> {
+    let installed = lifecycle::installed_services(layout);
+    match &args.service {
+        Some(name) => {
+            let s = parse_service(name)?;
+            if !installed.contains(&s) {
+                bail!("{name} is not installed on this host");
+            }
+            Ok(vec![s])
+        }
+        None if installed.is_empty() => bail!(
+            "ZStack is not installed here (no unit file in {}); run the installer first",
+            layout.host(layout.systemd_dir()).display()
+        ),
+        None => Ok(installed),
+    }
+}
+
+fn load_props(layout: &Layout) -> anyhow::Result<Properties> {
+    Ok(Properties::load(&layout.host(layout.properties_file()))?)
+}
+
+/// Entry point of `zstack-ctl`; returns the process exit code.
+pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            if json {
+                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("zstack-ctl: error: {e:#}");
+            }
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let layout = Layout::from_env();
+    let json = cli.json;
+    match cli.command {
+        Cmd::Start(args) => {
+            let services = selected(&layout, &args)?;
+            let props = load_props(&layout)?;
+            let init = InitSystem::detect(&layout);
+            let started = lifecycle::start(&layout, &props, &services, secs(args.timeout))?;
+            report_changes(json, init, &started, "started", "already running");
+        }
+        Cmd::Stop(args) => {
+            let services = selected(&layout, &args)?;
+            let init = InitSystem::detect(&layout);
+            let stopped = lifecycle::stop(&layout, &services, secs(args.timeout))?;
+            report_changes(json, init, &stopped, "stopped", "was not running");
+        }
+        Cmd::Restart(args) => {
+            let services = selected(&layout, &args)?;
+            let props = load_props(&layout)?;
+            let init = InitSystem::detect(&layout);
+            lifecycle::stop(&layout, &services, secs(args.timeout))?;
+            let started = lifecycle::start(&layout, &props, &services, secs(args.timeout))?;
+            report_changes(json, init, &started, "restarted", "restarted");
+        }
+        Cmd::Status => status(&layout, json)?,
+        Cmd::Version => {
+            let this = Release::of_running_program();
+            let installed = Release::current(&layout);
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "program": this.map(|r| r.version), "installed": installed.map(|r| r.version)})
+                );
+            } else {
+                println!(
+                    "zstack-ctl {}\ninstalled release: {}",
+                    this.map(|r| r.version).unwrap_or_else(|| "(outside a release tree)".into()),
+                    installed.map(|r| r.version).unwrap_or_else(|| "none".into())
+                );
+            }
+        }
+        Cmd::InstallCron => {
+            let templates = release_templates(&layout)?;
+            let change = cron::install(&layout, &templates)?;
+            if json {
+                println!("{}", json!({"ok": true, "crontab": change}));
+            } else {
+                match change {
+                    cron::CronChange::Added { line } => println!("added to root's crontab: {line}"),
+                    cron::CronChange::AlreadyPresent { line } => {
+                        println!("root's crontab already runs dump_mysql, left as it is: {line}")
+                    }
+                }
+            }
+        }
+        Cmd::Supervise { service } => lifecycle::supervise(&layout, parse_service(&service)?)?,
+    }
+    Ok(())
+}
+
+fn secs(s: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(s)
+}
+
+/// The templates of the release this program belongs to.
+fn release_templates(layout: &Layout) -> anyhow::Result<Templates> {
+    let exe = std::env::current_exe()?.canonicalize()?;
+    let tree = exe.parent().and_then(Path::parent).context("cannot locate the release tree")?;
+    let dir = tree.join("templates");
+    let dir = if dir.is_dir() { dir } else { layout.host(layout.current_link().join("templates")) };
+    Ok(Templates::load(&dir)?)
+}
+
+fn report_changes(json: bool, init: InitSystem, changes: &[(Service, bool)], did: &str, didnt: &str) {
+    if json {
+        let items: Vec<_> = changes
+            .iter()
+            .map(|(s, changed)| json!({"service": s.name(), "changed": changed}))
+            .collect();
+        println!("{}", json!({"ok": true, "init": init, "services": items}));
+        return;
+    }
+    if init == InitSystem::Supervisor {
+        println!("systemd is not PID 1 here: zstack-ctl supervises the services itself");
+    }
+    for (s, changed) in changes {
+        println!("{}: {}", s.name(), if *changed { did } else { didnt });
+    }
+}
+
+fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
+    let services = lifecycle::installed_services(layout);
+    if services.is_empty() {
+        bail!("ZStack is not installed here; run the installer first");
+    }
+    let props = load_props(layout)?;
+    let init = InitSystem::detect(layout);
+    let release = Release::current(layout);
+    let statuses = lifecycle::status(layout, &props, &services);
+    let ip = props.get(keys::MANAGEMENT_IP).unwrap_or("127.0.0.1").to_string();
+    let api = Service::Server
+        .port(&props)
+        .map(|p| format!("http://{ip}:{p}"))
+        .ok();
+    let db = layout.host(layout.db_file());
+    let db_size = std::fs::metadata(&db).ok().map(|m| m.len());
+    if json {
+        println!(
+            "{}",
+            json!({
+                "ok": true,
+                "version": release.as_ref().map(|r| r.version.clone()),
+                "init": init,
+                "api": api,
+                "db": {"path": db, "size": db_size},
+                "services": statuses,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "ZStack {} at {}",
+        release.map(|r| r.version).unwrap_or_else(|| "(no release is current)".into()),
+        layout.host(layout.current_link()).display()
+    );
+    match init {
+        InitSystem::Systemd => println!("services: managed by systemd"),
+        InitSystem::Supervisor => println!("services: supervised by zstack-ctl (systemd is not PID 1 here)"),
+    }
+    for st in &statuses {
+        let state = match (&st.pid, &st.health, &st.health_error) {
+            (None, _, _) => "stopped".to_string(),
+            (Some(pid), Some(h), _) => format!("running, pid {pid}, version {}", h.version),
+            (Some(pid), None, Some(e)) => format!("running, pid {pid}, NOT ANSWERING: {e}"),
+            (Some(pid), None, None) => format!("running, pid {pid}"),
+        };
+        println!("{:<17} {state}", format!("{}:", st.service));
+    }
+    if services.contains(&Service::Server) {
+        if let Some(api) = api {
+            println!("{:<17} {api}", "API:");
+        }
+        match db_size {
+            Some(size) => println!("{:<17} {} ({:.1} MiB)", "database:", db.display(), size as f64 / 1048576.0),
+            None => println!("{:<17} {} (missing)", "database:", db.display()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! One program, four names (as rustup does): the release tree links `zstack-server`,
+//! `zstack-kvmagent`, `zstack-ctl` and `zstack-cli` to this binary, and the name it was run as
+//! picks the part. `zstack <name> args...` works too.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+fn main() {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let mut name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "zstack" && args.len() > 1 {
+        args.remove(0);
+        name = args[0].to_string_lossy().into_owned();
+    }
+    let code = match name.as_str() {
+        "zstack-server" => service(zstack_server::run()),
+        "zstack-kvmagent" => service(zstack_kvmagent::run()),
+        "zstack-ctl" => zstack_ctl::main_with_args(args),
+        "zstack-cli" => zstack_cli::main_with_args(
+            args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect(),
+        ),
+        other => {
+            eprintln!(
+                "zstack: run me as zstack-server, zstack-kvmagent, zstack-ctl or zstack-cli (not {other:?})"
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn service(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
