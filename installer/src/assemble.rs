@@ -22,7 +22,12 @@ use zstack_common::PRODUCT;
 use crate::binfmt::{Trailer, TRAILER_SIZE};
 
 /// The names the multi-call program is linked as.
-pub const PROGRAM_NAMES: [&str; 4] = ["zstack-server", "zstack-kvmagent", "zstack-ctl", "zstack-cli"];
+pub const PROGRAM_NAMES: [&str; 4] = [
+    "zstack-server",
+    "zstack-kvmagent",
+    "zstack-ctl",
+    "zstack-cli",
+];
 
 pub struct BuildInputs {
     pub version: semver::Version,
@@ -44,7 +49,10 @@ pub fn build(inputs: &BuildInputs) -> anyhow::Result<Trailer> {
 }
 
 fn tempfile_dir(out: &Path) -> anyhow::Result<PathBuf> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
     let dir = parent.join(format!(".stage-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -75,7 +83,10 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         }
     }
     if migration_count == 0 {
-        bail!("no migration exists for release {} or earlier", inputs.version);
+        bail!(
+            "no migration exists for release {} or earlier",
+            inputs.version
+        );
     }
     let release = Release {
         product: PRODUCT.into(),
@@ -84,7 +95,7 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
     };
     fs::create_dir_all(&tree)?;
     let release_json = tree.join(RELEASE_FILE);
-    fs::write(&release_json, serde_json::to_vec_pretty(&release)? )?;
+    fs::write(&release_json, serde_json::to_vec_pretty(&release)?)?;
     files.push((RELEASE_FILE.into(), release_json, 0o644));
     files.sort();
 
@@ -103,7 +114,10 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         });
     }
     for (rel, target) in &links {
-        manifest.entries.push(ManifestEntry::Symlink { path: rel.clone(), target: target.clone() });
+        manifest.entries.push(ManifestEntry::Symlink {
+            path: rel.clone(),
+            target: target.clone(),
+        });
     }
 
     // Payload: tar (MANIFEST first) compressed with zstd.
@@ -116,7 +130,13 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         let mtime = chrono::Utc::now().timestamp() as u64;
         let mut tar = tar::Builder::new(enc);
         let manifest_text = manifest.render();
-        append_bytes(&mut tar, MANIFEST_FILE, manifest_text.as_bytes(), 0o644, mtime)?;
+        append_bytes(
+            &mut tar,
+            MANIFEST_FILE,
+            manifest_text.as_bytes(),
+            0o644,
+            mtime,
+        )?;
         for (rel, src, mode) in &files {
             let bytes = fs::read(src)?;
             append_bytes(&mut tar, rel, &bytes, *mode, mtime)?;
@@ -162,7 +182,11 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
     // Pad with comment lines; the script has exited before it reaches them.
     while (header.len() as u64) < header_size {
         let room = header_size as usize - header.len();
-        let line = if room >= 2 { format!("#{}\n", "#".repeat((room - 2).min(78))) } else { "\n".into() };
+        let line = if room >= 2 {
+            format!("#{}\n", "#".repeat((room - 2).min(78)))
+        } else {
+            "\n".into()
+        };
         header.extend_from_slice(line.as_bytes());
     }
 

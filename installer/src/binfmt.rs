@@ -37,16 +37,32 @@ pub enum BinError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is truncated: {actual} bytes instead of {expected}; copy the file again")]
-    Truncated { path: PathBuf, actual: u64, expected: u64 },
-    #[error("{path} has {extra} bytes appended ({actual} instead of {expected}); copy the file again")]
-    Appended { path: PathBuf, actual: u64, expected: u64, extra: u64 },
+    Truncated {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error(
+        "{path} has {extra} bytes appended ({actual} instead of {expected}); copy the file again"
+    )]
+    Appended {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+        extra: u64,
+    },
     #[error(
         "{path} is damaged: its trailer is not valid ({why}); the file is truncated, has bytes \
          appended, or was changed; copy it again"
     )]
     BadTrailer { path: PathBuf, why: String },
     #[error("{path} is damaged: the {part} does not match its sha256 (expected {expected}, found {actual}); copy the file again")]
-    Checksum { path: PathBuf, part: &'static str, expected: String, actual: String },
+    Checksum {
+        path: PathBuf,
+        part: &'static str,
+        expected: String,
+        actual: String,
+    },
     #[error("the payload of {path} is damaged: {why}; copy the file again")]
     Payload { path: PathBuf, why: String },
 }
@@ -140,7 +156,9 @@ impl Trailer {
         }
         let s = |k: &str| get.get(k).map(|v| v.to_string()).ok_or(format!("no {k}"));
         let n = |k: &str| -> Result<u64, String> {
-            get.get(k).and_then(|v| v.parse().ok()).ok_or(format!("no valid {k}"))
+            get.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or(format!("no valid {k}"))
         };
         Ok(Trailer {
             product: s("product")?,
@@ -169,14 +187,21 @@ pub struct VerifiedBin {
 /// Checks the whole file: sizes, the trailer's own checksum, and the sha256 of the header, the
 /// installer and the payload.
 pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
-    let io_err = |source| BinError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| BinError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = File::open(path).map_err(io_err)?;
     let len = f.metadata().map_err(io_err)?.len();
     if len < TRAILER_SIZE {
-        return Err(BinError::BadTrailer { path: path.into(), why: "the file is too short".into() });
+        return Err(BinError::BadTrailer {
+            path: path.into(),
+            why: "the file is too short".into(),
+        });
     }
     let mut block = vec![0u8; TRAILER_SIZE as usize];
-    f.seek(SeekFrom::Start(len - TRAILER_SIZE)).map_err(io_err)?;
+    f.seek(SeekFrom::Start(len - TRAILER_SIZE))
+        .map_err(io_err)?;
     f.read_exact(&mut block).map_err(io_err)?;
     let trailer = match Trailer::decode(&block) {
         Ok(t) => t,
@@ -185,7 +210,11 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
             // header's recorded size can still be read.
             if let Some(expected) = header_total_size(&mut f) {
                 if len < expected {
-                    return Err(BinError::Truncated { path: path.into(), actual: len, expected });
+                    return Err(BinError::Truncated {
+                        path: path.into(),
+                        actual: len,
+                        expected,
+                    });
                 }
                 if len > expected {
                     return Err(BinError::Appended {
@@ -196,7 +225,10 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
                     });
                 }
             }
-            return Err(BinError::BadTrailer { path: path.into(), why });
+            return Err(BinError::BadTrailer {
+                path: path.into(),
+                why,
+            });
         }
     };
     if trailer.total_size != len
@@ -209,8 +241,18 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
     }
     let parts: [(&'static str, u64, u64, &str); 3] = [
         ("header", 0, trailer.header_size, &trailer.header_sha256),
-        ("installer program", trailer.installer_offset(), trailer.installer_size, &trailer.installer_sha256),
-        ("payload", trailer.payload_offset(), trailer.payload_size, &trailer.payload_sha256),
+        (
+            "installer program",
+            trailer.installer_offset(),
+            trailer.installer_size,
+            &trailer.installer_sha256,
+        ),
+        (
+            "payload",
+            trailer.payload_offset(),
+            trailer.payload_size,
+            &trailer.payload_sha256,
+        ),
     ];
     for (part, off, size, expected) in parts {
         f.seek(SeekFrom::Start(off)).map_err(io_err)?;
@@ -226,7 +268,10 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
             });
         }
     }
-    Ok(VerifiedBin { path: path.to_path_buf(), trailer })
+    Ok(VerifiedBin {
+        path: path.to_path_buf(),
+        trailer,
+    })
 }
 
 /// `ZS_TOTAL_SIZE=<n>` from the header, if readable.
@@ -242,15 +287,22 @@ fn header_total_size(f: &mut File) -> Option<u64> {
 
 impl VerifiedBin {
     fn payload_reader(&self) -> Result<impl Read, BinError> {
-        let io_err = |source| BinError::Io { path: self.path.clone(), source };
+        let io_err = |source| BinError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut f = File::open(&self.path).map_err(io_err)?;
-        f.seek(SeekFrom::Start(self.trailer.payload_offset())).map_err(io_err)?;
+        f.seek(SeekFrom::Start(self.trailer.payload_offset()))
+            .map_err(io_err)?;
         let limited = BufReader::with_capacity(1 << 20, f.take(self.trailer.payload_size));
         zstd::stream::read::Decoder::with_buffer(limited).map_err(io_err)
     }
 
     fn payload_err(&self, why: impl std::fmt::Display) -> BinError {
-        BinError::Payload { path: self.path.clone(), why: why.to_string() }
+        BinError::Payload {
+            path: self.path.clone(),
+            why: why.to_string(),
+        }
     }
 
     /// The MANIFEST, read from the first entry of the payload without unpacking the rest.
@@ -263,21 +315,33 @@ impl VerifiedBin {
             .map_err(|e| self.payload_err(e))?;
         let name = first.path().map_err(|e| self.payload_err(e))?.to_path_buf();
         if name != Path::new(MANIFEST_FILE) {
-            return Err(self.payload_err(format!("its first entry is {}, not MANIFEST", name.display())));
+            return Err(self.payload_err(format!(
+                "its first entry is {}, not MANIFEST",
+                name.display()
+            )));
         }
         let mut text = String::new();
-        first.read_to_string(&mut text).map_err(|e| self.payload_err(e))?;
+        first
+            .read_to_string(&mut text)
+            .map_err(|e| self.payload_err(e))?;
         Manifest::parse(&text).map_err(|e| self.payload_err(e))
     }
 
     /// Unpacks the payload into `dest` (which must exist and be empty), checking every file
     /// against the MANIFEST as it is written. Calls `progress` with the bytes written so far.
-    pub fn extract(&self, dest: &Path, mut progress: impl FnMut(u64)) -> Result<Manifest, BinError> {
+    pub fn extract(
+        &self,
+        dest: &Path,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Manifest, BinError> {
         let mut archive = tar::Archive::new(self.payload_reader()?);
         let mut manifest: Option<Manifest> = None;
         let mut seen = std::collections::HashSet::new();
         let mut written = 0u64;
-        let write_err = |p: &Path, e: io::Error| BinError::Io { path: p.to_path_buf(), source: e };
+        let write_err = |p: &Path, e: io::Error| BinError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        };
         for entry in archive.entries().map_err(|e| self.payload_err(e))? {
             let mut entry = entry.map_err(|e| self.payload_err(e))?;
             let rel = entry.path().map_err(|e| self.payload_err(e))?.to_path_buf();
@@ -290,7 +354,9 @@ impl VerifiedBin {
                     return Err(self.payload_err("its first entry is not MANIFEST"));
                 }
                 let mut text = String::new();
-                entry.read_to_string(&mut text).map_err(|e| self.payload_err(e))?;
+                entry
+                    .read_to_string(&mut text)
+                    .map_err(|e| self.payload_err(e))?;
                 let out = dest.join(MANIFEST_FILE);
                 std::fs::write(&out, &text).map_err(|e| write_err(&out, e))?;
                 manifest = Some(Manifest::parse(&text).map_err(|e| self.payload_err(e))?);
@@ -310,7 +376,9 @@ impl VerifiedBin {
                 std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
             }
             match expected {
-                ManifestEntry::File { mode, size, sha256, .. } if kind.is_file() => {
+                ManifestEntry::File {
+                    mode, size, sha256, ..
+                } if kind.is_file() => {
                     let file = File::create(&out).map_err(|e| write_err(&out, e))?;
                     let mut hashing = HashingWriter {
                         inner: io::BufWriter::with_capacity(1 << 20, file),
@@ -322,7 +390,9 @@ impl VerifiedBin {
                     hashing.inner.flush().map_err(|e| write_err(&out, e))?;
                     let got = hex::encode(hashing.hash.finalize());
                     if hashing.n != *size || got != *sha256 {
-                        return Err(self.payload_err(format!("{rel_str} does not match the MANIFEST")));
+                        return Err(
+                            self.payload_err(format!("{rel_str} does not match the MANIFEST"))
+                        );
                     }
                     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(*mode))
                         .map_err(|e| write_err(&out, e))?;
@@ -333,9 +403,13 @@ impl VerifiedBin {
                     let link = entry
                         .link_name()
                         .map_err(|e| self.payload_err(e))?
-                        .ok_or_else(|| self.payload_err(format!("{rel_str}: symlink without target")))?;
+                        .ok_or_else(|| {
+                            self.payload_err(format!("{rel_str}: symlink without target"))
+                        })?;
                     if link != Path::new(target) {
-                        return Err(self.payload_err(format!("{rel_str} does not match the MANIFEST")));
+                        return Err(
+                            self.payload_err(format!("{rel_str} does not match the MANIFEST"))
+                        );
                     }
                     std::os::unix::fs::symlink(target, &out).map_err(|e| write_err(&out, e))?;
                 }
@@ -345,7 +419,10 @@ impl VerifiedBin {
         }
         let m = manifest.ok_or_else(|| self.payload_err("it has no MANIFEST"))?;
         if let Some(missing) = m.entries.iter().find(|e| !seen.contains(e.path())) {
-            return Err(self.payload_err(format!("{} is listed in the MANIFEST but missing", missing.path())));
+            return Err(self.payload_err(format!(
+                "{} is listed in the MANIFEST but missing",
+                missing.path()
+            )));
         }
         Ok(m)
     }

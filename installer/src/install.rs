@@ -15,7 +15,9 @@
 //!
 //! Every change is recorded in an [`UndoLog`] first; a failure or Ctrl-C at any step replays it,
 //! so the host is left as it was. `ZSTACK_FAILPOINT=<step>` (a test aid) makes the named step fail
-//! after it has made its changes: unpack, current, links, config, database, units, cron, start.
+//! after it has made its changes: unpack, current, links, config, database, units, cron, start;
+//! `ZSTACK_FAILPOINT=<step>:pause` instead waits there (up to 60 s) for a signal, so a test can
+//! interrupt a run at a known point.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use zstack_common::fsutil::{self, atomic_symlink, atomic_write, create_dir_all_tracked, read_link_optional, read_optional};
+use zstack_common::fsutil::{
+    self, atomic_symlink, atomic_write, create_dir_all_tracked, read_link_optional, read_optional,
+};
 use zstack_common::release::{Manifest, MANIFEST_FILE};
 use zstack_common::service::{keys, InitSystem, Service};
 use zstack_common::templates::Templates;
@@ -109,19 +113,25 @@ pub fn install(
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let sysroot = opts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/"));
-    if opts.sysroot.is_some() {
-        std::fs::create_dir_all(&sysroot)
-            .with_context(|| format!("cannot create the sysroot {}", sysroot.display()))?;
-    }
-    let sysroot = sysroot.canonicalize().with_context(|| format!("sysroot {}", sysroot.display()))?;
+    // The sysroot is made absolute but not created: nothing may change before preflight passes.
+    let sysroot = std::path::absolute(opts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/")))
+        .context("cannot resolve the sysroot path")?;
     let layout = Layout::new(&sysroot, &opts.install_root);
     let version = semver::Version::parse(&bin.trailer.version).context("the .bin's version")?;
-    let services = if opts.host_only { vec![Service::KvmAgent] } else { vec![Service::Server, Service::KvmAgent] };
+    let services = if opts.host_only {
+        vec![Service::KvmAgent]
+    } else {
+        vec![Service::Server, Service::KvmAgent]
+    };
 
     // 0 + 1: what is here, and preflight.
     let mut problems = existing_install_problems(opts, &layout, &version);
-    let pre = Preflight { opts, layout: &layout, services: &services, unpacked_size: bin.trailer.unpacked_size };
+    let pre = Preflight {
+        opts,
+        layout: &layout,
+        services: &services,
+        unpacked_size: bin.trailer.unpacked_size,
+    };
     let findings = match pre.run() {
         Ok(f) if problems.is_empty() => f,
         Ok(_) => {
@@ -141,7 +151,10 @@ pub fn install(
         .or_else(|| existing_ip(&layout))
         .or_else(preflight::default_route_ip)
         .unwrap_or_else(|| "127.0.0.1".to_string());
-    rep.debug(&format!("system: {}, management IP {management_ip}", findings.os_name));
+    rep.debug(&format!(
+        "system: {}, management IP {management_ip}",
+        findings.os_name
+    ));
 
     let init = InitSystem::detect(&layout);
     if opts.dry_run {
@@ -149,18 +162,32 @@ pub fn install(
         bail_ok_dry_run()?;
     }
 
-    // 2: the lock.
+    // 2: the lock (under a sysroot, the sysroot is created first to hold it).
+    if layout.is_sysroot() {
+        std::fs::create_dir_all(&sysroot)
+            .with_context(|| format!("cannot create the sysroot {}", sysroot.display()))?;
+    }
     let _lock = take_lock(&layout)?;
-    if let Ok(log) = zstack_common::logfile::LogFile::open(&layout.host(layout.installer_log()), false) {
+    if let Ok(log) =
+        zstack_common::logfile::LogFile::open(&layout.host(layout.installer_log()), false)
+    {
         rep.set_log(log);
     }
     rep.info(&format!(
         "Installing {} {} ({}) on {}{}",
         bin.trailer.product,
         version,
-        if opts.host_only { "host agent only" } else { "all-in-one" },
+        if opts.host_only {
+            "host agent only"
+        } else {
+            "all-in-one"
+        },
         findings.os_name,
-        if layout.is_sysroot() { format!(" into sysroot {}", sysroot.display()) } else { String::new() }
+        if layout.is_sysroot() {
+            format!(" into sysroot {}", sysroot.display())
+        } else {
+            String::new()
+        }
     ));
 
     let mut run = Run {
@@ -185,9 +212,7 @@ pub fn install(
             Err(anyhow::anyhow!("interrupted"))
         } else {
             run.step(id, rep).and_then(|outcome| {
-                if std::env::var(FAILPOINT_ENV).as_deref() == Ok(*id) {
-                    bail!("failpoint {FAILPOINT_ENV}={id} triggered (test aid)");
-                }
+                failpoint(id, interrupted)?;
                 if interrupted.load(Ordering::SeqCst) {
                     bail!("interrupted");
                 }
@@ -197,7 +222,12 @@ pub fn install(
         match result {
             Ok((changed, outcome)) => {
                 rep.step_done(&outcome);
-                reports.push(StepReport { id, title, changed, outcome });
+                reports.push(StepReport {
+                    id,
+                    title,
+                    changed,
+                    outcome,
+                });
             }
             Err(e) => {
                 rep.step_failed(&format!("{e:#}"));
@@ -207,25 +237,40 @@ pub fn install(
                 } else {
                     format!("rolling back left problems:\n  {}", failures.join("\n  "))
                 };
-                return Err(e.context(format!("step {} of {total} ({title}) failed; {rolled}", i + 1)));
+                return Err(e.context(format!(
+                    "step {} of {total} ({title}) failed; {rolled}",
+                    i + 1
+                )));
             }
         }
     }
 
     for p in &run.discard_on_success {
-        let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
     }
     let changed = reports.iter().any(|r| r.changed);
     let props = run.props.as_ref();
-    let api_port = props.and_then(|p| Service::Server.port(p).ok()).unwrap_or(8080);
-    let agent_port = props.and_then(|p| Service::KvmAgent.port(p).ok()).unwrap_or(7070);
+    let api_port = props
+        .and_then(|p| Service::Server.port(p).ok())
+        .unwrap_or(8080);
+    let agent_port = props
+        .and_then(|p| Service::KvmAgent.port(p).ok())
+        .unwrap_or(7070);
     let l = &run.layout;
     let server = run.services.contains(&Service::Server);
     Ok(Summary {
         ok: true,
         product: run.bin.trailer.product.clone(),
         version: run.version.to_string(),
-        mode: if opts.host_only { "host-only" } else { "all-in-one" },
+        mode: if opts.host_only {
+            "host-only"
+        } else {
+            "all-in-one"
+        },
         sysroot: l.is_sysroot().then(|| l.sysroot().to_path_buf()),
         install_root: l.install_root().to_path_buf(),
         release_dir: l.version_dir(&run.version.to_string()),
@@ -245,6 +290,23 @@ pub fn install(
         warnings: findings.warnings,
         elapsed_ms: started.elapsed().as_millis(),
     })
+}
+
+/// Honours `ZSTACK_FAILPOINT` after step `id` has made its changes.
+fn failpoint(id: &str, interrupted: &AtomicBool) -> anyhow::Result<()> {
+    let Ok(fp) = std::env::var(FAILPOINT_ENV) else {
+        return Ok(());
+    };
+    if fp == id {
+        bail!("failpoint {FAILPOINT_ENV}={id} triggered (test aid)");
+    }
+    if fp.strip_suffix(":pause") == Some(id) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !interrupted.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// The error preflight problems make: every one on its own line.
@@ -267,7 +329,11 @@ fn bail_ok_dry_run() -> anyhow::Result<()> {
 pub struct DryRunDone;
 
 /// What a plain install must refuse given what is already installed.
-fn existing_install_problems(opts: &Options, layout: &Layout, version: &semver::Version) -> Vec<String> {
+fn existing_install_problems(
+    opts: &Options,
+    layout: &Layout,
+    version: &semver::Version,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(installed) = Release::current(layout) {
         if let Ok(v) = installed.semver() {
@@ -315,10 +381,19 @@ fn existing_install_problems(opts: &Options, layout: &Layout, version: &semver::
 
 /// The highest migration in the ledger of an existing DB, read without changing the file.
 fn db_schema_version(db: &Path) -> anyhow::Result<Option<semver::Version>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    // A read-only open of a WAL database still creates its -wal and -shm files; preflight must
+    // change nothing, so when they are absent (no writer has it open) the file is opened as
+    // immutable, which touches nothing.
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let uri = if wal.exists() {
+        format!("file:{}?mode=ro", db.display())
+    } else {
+        format!("file:{}?immutable=1", db.display())
+    };
+    let conn = rusqlite::Connection::open_with_flags(uri, flags)?;
     let has_ledger: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [zstack_db::LEDGER_TABLE],
@@ -352,24 +427,54 @@ fn print_plan(
 ) {
     let names: Vec<_> = services.iter().map(|s| s.name()).collect();
     println!("Plan (dry run, nothing will be changed):");
-    println!("  1. unpack ZStack {version} into {}", layout.host(layout.version_dir(&version.to_string())).display());
-    println!("  2. point {} at versions/{version}", layout.host(layout.current_link()).display());
-    println!("  3. link zstack-ctl and zstack-cli into {}", layout.host("/usr/bin").display());
-    println!("  4. write {} (management IP {ip}; existing values kept)", layout.host(layout.properties_file()).display());
+    println!(
+        "  1. unpack ZStack {version} into {}",
+        layout
+            .host(layout.version_dir(&version.to_string()))
+            .display()
+    );
+    println!(
+        "  2. point {} at versions/{version}",
+        layout.host(layout.current_link()).display()
+    );
+    println!(
+        "  3. link zstack-ctl and zstack-cli into {}",
+        layout.host("/usr/bin").display()
+    );
+    println!(
+        "  4. write {} (management IP {ip}; existing values kept)",
+        layout.host(layout.properties_file()).display()
+    );
     if services.contains(&Service::Server) {
         let db = layout.host(layout.db_file());
         println!(
             "  5. {} the database {} and apply migrations up to {version}",
-            if opts.drop_db && db.exists() { "drop (keeping a copy) and recreate" } else if db.exists() { "keep" } else { "create" },
+            if opts.drop_db && db.exists() {
+                "drop (keeping a copy) and recreate"
+            } else if db.exists() {
+                "keep"
+            } else {
+                "create"
+            },
             db.display()
         );
     }
-    println!("  6. install and enable the systemd units of {}", names.join(", "));
+    println!(
+        "  6. install and enable the systemd units of {}",
+        names.join(", ")
+    );
     if services.contains(&Service::Server) {
         println!("  7. add `30 0,12 * * * zstack-ctl dump_mysql --keep-amount 14` to root's crontab unless a dump_mysql line is there");
     }
     if layout.is_sysroot() || opts.no_start {
-        println!("  8. start nothing ({})", if layout.is_sysroot() { "--sysroot" } else { "-z" });
+        println!(
+            "  8. start nothing ({})",
+            if layout.is_sysroot() {
+                "--sysroot"
+            } else {
+                "-z"
+            }
+        );
     } else {
         println!(
             "  8. start {} ({}) and wait until they answer",
@@ -411,7 +516,12 @@ fn take_lock(layout: &Layout) -> anyhow::Result<InstallerLock> {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let pid = holder.trim();
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim().to_string())
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
                 .unwrap_or_default();
             bail!(
                 "another ZStack installer is running (pid {pid}{}); wait for it to finish (lock: {})",
@@ -452,7 +562,8 @@ impl Run<'_> {
 
     /// Creates `dir` (host path) and records the directories it made.
     fn mkdirs(&mut self, dir: &Path, mode: u32) -> anyhow::Result<()> {
-        let made = create_dir_all_tracked(dir, mode).with_context(|| format!("cannot create {}", dir.display()))?;
+        let made = create_dir_all_tracked(dir, mode)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         if let Some(first) = made.into_iter().next() {
             self.undo.push(Undo::Remove(first));
         }
@@ -463,7 +574,9 @@ impl Run<'_> {
     fn put_file(&mut self, path: &Path, content: &[u8], mode: u32) -> anyhow::Result<bool> {
         use std::os::unix::fs::PermissionsExt;
         let old = read_optional(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let old_mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).ok();
+        let old_mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .ok();
         if old.as_deref() == Some(content) && old_mode == Some(mode) {
             return Ok(false);
         }
@@ -471,10 +584,15 @@ impl Run<'_> {
             self.mkdirs(dir, 0o755)?;
         }
         self.undo.push(match old {
-            Some(content) => Undo::RestoreFile { path: path.to_path_buf(), content, mode: old_mode.unwrap_or(0o644) },
+            Some(content) => Undo::RestoreFile {
+                path: path.to_path_buf(),
+                content,
+                mode: old_mode.unwrap_or(0o644),
+            },
             None => Undo::Remove(path.to_path_buf()),
         });
-        atomic_write(path, content, mode).with_context(|| format!("cannot write {}", path.display()))?;
+        atomic_write(path, content, mode)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(true)
     }
 
@@ -488,7 +606,10 @@ impl Run<'_> {
             self.mkdirs(dir, 0o755)?;
         }
         match (old, std::fs::symlink_metadata(link)) {
-            (Some(old), _) => self.undo.push(Undo::RestoreSymlink { path: link.to_path_buf(), target: old }),
+            (Some(old), _) => self.undo.push(Undo::RestoreSymlink {
+                path: link.to_path_buf(),
+                target: old,
+            }),
             (None, Ok(meta)) => {
                 // A regular file in the way (preflight allowed it only with -F): keep its content.
                 use std::os::unix::fs::PermissionsExt;
@@ -515,12 +636,24 @@ impl Run<'_> {
                 .and_then(|t| Ok(Manifest::parse(&t)?))
                 .and_then(|m| Ok(m.verify_tree(&dest)?));
             match check {
-                Ok(()) => return Ok((false, format!("unchanged: {} is in place and verified", dest.display()))),
+                Ok(()) => {
+                    return Ok((
+                        false,
+                        format!("unchanged: {} is in place and verified", dest.display()),
+                    ))
+                }
                 Err(e) if self.opts.force => {
-                    rep.detail(&format!("{} differs from the release ({e:#}); replacing it (-F)", dest.display()));
-                    let aside = dest.with_file_name(format!(".{ver}.replaced-{}", std::process::id()));
+                    rep.detail(&format!(
+                        "{} differs from the release ({e:#}); replacing it (-F)",
+                        dest.display()
+                    ));
+                    let aside =
+                        dest.with_file_name(format!(".{ver}.replaced-{}", std::process::id()));
                     std::fs::rename(&dest, &aside)?;
-                    self.undo.push(Undo::MoveBack { from: aside.clone(), to: dest.clone() });
+                    self.undo.push(Undo::MoveBack {
+                        from: aside.clone(),
+                        to: dest.clone(),
+                    });
                     replaced = Some(aside);
                 }
                 Err(e) => bail!(
@@ -533,20 +666,30 @@ impl Run<'_> {
         self.mkdirs(&versions, 0o755)?;
         let staging = versions.join(format!(".{ver}.partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+        std::fs::create_dir(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
         self.undo.push(Undo::Remove(staging.clone()));
         let total = self.bin.trailer.unpacked_size.max(1);
-        let manifest = self
-            .bin
-            .extract(&staging, |done| rep.detail(&format!("{}%", done * 100 / total)))?;
+        let manifest = self.bin.extract(&staging, |done| {
+            rep.detail(&format!("{}%", done * 100 / total))
+        })?;
         fsutil::sync_dir(&staging)?;
-        std::fs::rename(&staging, &dest).with_context(|| format!("cannot move the release into {}", dest.display()))?;
+        std::fs::rename(&staging, &dest)
+            .with_context(|| format!("cannot move the release into {}", dest.display()))?;
         self.undo.push(Undo::Remove(dest.clone()));
         if let Some(old) = replaced {
             // The replaced tree stays until the run has succeeded, so a rollback can put it back.
             self.discard_on_success.push(old);
         }
-        Ok((true, format!("{} files ({} MiB) into {}", manifest.entries.len(), manifest.total_size() >> 20, dest.display())))
+        Ok((
+            true,
+            format!(
+                "{} files ({} MiB) into {}",
+                manifest.entries.len(),
+                manifest.total_size() >> 20,
+                dest.display()
+            ),
+        ))
     }
 
     fn switch_current(&mut self) -> anyhow::Result<(bool, String)> {
@@ -569,7 +712,10 @@ impl Run<'_> {
             }
         }
         Ok(if changed.is_empty() {
-            (false, "unchanged: zstack-ctl and zstack-cli are linked".into())
+            (
+                false,
+                "unchanged: zstack-ctl and zstack-cli are linked".into(),
+            )
         } else {
             (true, format!("linked {}", changed.join(", ")))
         })
@@ -577,7 +723,11 @@ impl Run<'_> {
 
     fn templates(&mut self) -> anyhow::Result<&Templates> {
         if self.templates.is_none() {
-            let dir = self.layout.host(self.layout.version_dir(&self.version_str()).join("templates"));
+            let dir = self.layout.host(
+                self.layout
+                    .version_dir(&self.version_str())
+                    .join("templates"),
+            );
             self.templates = Some(Templates::load(&dir)?);
         }
         self.templates.as_ref().context("templates")
@@ -595,7 +745,9 @@ impl Run<'_> {
             "agent_secret": zstack_common::secret::random_hex(32)?,
             "admin_password": password,
         });
-        let rendered = self.templates()?.render("config/zstack.properties.tera", &ctx)?;
+        let rendered = self
+            .templates()?
+            .render("config/zstack.properties.tera", &ctx)?;
         let defaults = Properties::parse(&rendered, "config/zstack.properties.tera")?;
         let (props, what) = match read_optional(&path)? {
             None => {
@@ -603,7 +755,10 @@ impl Run<'_> {
                 (defaults, "written with new secrets".to_string())
             }
             Some(bytes) => {
-                let mut props = Properties::parse(&String::from_utf8_lossy(&bytes), &path.display().to_string())?;
+                let mut props = Properties::parse(
+                    &String::from_utf8_lossy(&bytes),
+                    &path.display().to_string(),
+                )?;
                 let added = props.add_missing(&defaults);
                 if added.iter().any(|k| k == keys::ADMIN_PASSWORD) {
                     self.admin_password = Some(password);
@@ -623,7 +778,11 @@ impl Run<'_> {
         };
         let changed = self.put_file(&path, props.render().as_bytes(), 0o600)?;
         self.props = Some(props);
-        Ok(if changed { (true, format!("{}: {what}", path.display())) } else { (false, format!("unchanged: {}", path.display())) })
+        Ok(if changed {
+            (true, format!("{}: {what}", path.display()))
+        } else {
+            (false, format!("unchanged: {}", path.display()))
+        })
     }
 
     fn create_database(&mut self) -> anyhow::Result<(bool, String)> {
@@ -638,16 +797,24 @@ impl Run<'_> {
             for suffix in ["", "-wal", "-shm"] {
                 let from = PathBuf::from(format!("{}{suffix}", db.display()));
                 if from.exists() {
-                    let to = l.host(l.backup_dir()).join(format!("zstack-dropped-{stamp}.db{suffix}"));
-                    std::fs::rename(&from, &to).with_context(|| format!("cannot move {} aside", from.display()))?;
-                    self.undo.push(Undo::MoveBack { from: to.clone(), to: from });
+                    let to = l
+                        .host(l.backup_dir())
+                        .join(format!("zstack-dropped-{stamp}.db{suffix}"));
+                    std::fs::rename(&from, &to)
+                        .with_context(|| format!("cannot move {} aside", from.display()))?;
+                    self.undo.push(Undo::MoveBack {
+                        from: to.clone(),
+                        to: from,
+                    });
                     if suffix.is_empty() {
                         note = format!("; the old database was moved to {}", to.display());
                     }
                 }
             }
         }
-        let shipped = zstack_db::load_migrations(&l.host(l.version_dir(&self.version_str()).join("migrations")))?;
+        let shipped = zstack_db::load_migrations(
+            &l.host(l.version_dir(&self.version_str()).join("migrations")),
+        )?;
         let existed = db.exists();
         if existed {
             // Migrating an existing DB: keep a copy to put back if anything later fails.
@@ -657,16 +824,26 @@ impl Run<'_> {
             let before = ledger.schema_version()?;
             let pending = ledger.pending(&shipped, &self.version)?;
             if pending.is_empty() {
-                return Ok((false, format!("unchanged: {} is at schema {}", db.display(), self.version)));
+                return Ok((
+                    false,
+                    format!("unchanged: {} is at schema {}", db.display(), self.version),
+                ));
             }
-            let copy = l.host(l.backup_dir()).join(format!(".zstack-pre-install-{}.db", std::process::id()));
+            let copy = l
+                .host(l.backup_dir())
+                .join(format!(".zstack-pre-install-{}.db", std::process::id()));
             conn.backup(rusqlite::DatabaseName::Main, &copy, None)
                 .with_context(|| format!("cannot copy the database to {}", copy.display()))?;
             drop(ledger);
             drop(conn);
-            self.undo.push(Undo::Remove(PathBuf::from(format!("{}-wal", db.display()))));
-            self.undo.push(Undo::Remove(PathBuf::from(format!("{}-shm", db.display()))));
-            self.undo.push(Undo::MoveBack { from: copy.clone(), to: db.clone() });
+            self.undo
+                .push(Undo::Remove(PathBuf::from(format!("{}-wal", db.display()))));
+            self.undo
+                .push(Undo::Remove(PathBuf::from(format!("{}-shm", db.display()))));
+            self.undo.push(Undo::MoveBack {
+                from: copy.clone(),
+                to: db.clone(),
+            });
             let conn = zstack_db::open_existing(&db)?;
             let ledger = zstack_db::MigrationLedger::new(&conn, &db)?;
             let applied = ledger.migrate(&shipped, &self.version)?;
@@ -678,14 +855,19 @@ impl Run<'_> {
                 format!(
                     "{} migrated from schema {} to {} ({} migration(s)){note}",
                     db.display(),
-                    before.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+                    before
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "none".into()),
                     self.version,
                     applied.len()
                 ),
             ));
         }
         for suffix in ["", "-wal", "-shm"] {
-            self.undo.push(Undo::Remove(PathBuf::from(format!("{}{suffix}", db.display()))));
+            self.undo.push(Undo::Remove(PathBuf::from(format!(
+                "{}{suffix}",
+                db.display()
+            ))));
         }
         let conn = zstack_db::open(&db)?;
         {
@@ -694,7 +876,15 @@ impl Run<'_> {
         }
         let ledger = zstack_db::MigrationLedger::new(&conn, &db)?;
         let applied = ledger.migrate(&shipped, &self.version)?;
-        Ok((true, format!("{} created at schema {} ({} migrations){note}", db.display(), self.version, applied.len())))
+        Ok((
+            true,
+            format!(
+                "{} created at schema {} ({} migrations){note}",
+                db.display(),
+                self.version,
+                applied.len()
+            ),
+        ))
     }
 
     fn install_units(&mut self) -> anyhow::Result<(bool, String)> {
@@ -717,14 +907,20 @@ impl Run<'_> {
             let unit_path = l.host(l.systemd_dir().join(s.unit()));
             let wrote = self.put_file(&unit_path, text.as_bytes(), 0o644)?;
             // Enabled as `systemctl enable` would: a link in multi-user.target.wants.
-            let wants = l.host(l.systemd_dir().join("multi-user.target.wants").join(s.unit()));
+            let wants = l.host(
+                l.systemd_dir()
+                    .join("multi-user.target.wants")
+                    .join(s.unit()),
+            );
             let linked = self.put_symlink(&wants, &l.systemd_dir().join(s.unit()))?;
             if wrote || linked {
                 changed.push(s.unit());
             }
         }
         if init == InitSystem::Systemd && !changed.is_empty() {
-            let st = std::process::Command::new("systemctl").arg("daemon-reload").status()?;
+            let st = std::process::Command::new("systemctl")
+                .arg("daemon-reload")
+                .status()?;
             if !st.success() {
                 bail!("systemctl daemon-reload failed ({st})");
             }
@@ -732,18 +928,23 @@ impl Run<'_> {
         Ok(if changed.is_empty() {
             (false, "unchanged: units installed and enabled".into())
         } else {
-            (true, format!("installed and enabled {}", changed.join(", ")))
+            (
+                true,
+                format!("installed and enabled {}", changed.join(", ")),
+            )
         })
     }
 
     fn install_cron(&mut self) -> anyhow::Result<(bool, String)> {
         let line = zstack_ctl::cron::render_line(self.templates()?)?;
         let before = zstack_ctl::cron::read(&self.layout)?;
-        let (after, change) = zstack_ctl::cron::with_dump_line(before.as_deref().unwrap_or(""), &line);
+        let (after, change) =
+            zstack_ctl::cron::with_dump_line(before.as_deref().unwrap_or(""), &line);
         match change {
-            zstack_ctl::cron::CronChange::AlreadyPresent { line } => {
-                Ok((false, format!("unchanged: root's crontab already runs `{line}`")))
-            }
+            zstack_ctl::cron::CronChange::AlreadyPresent { line } => Ok((
+                false,
+                format!("unchanged: root's crontab already runs `{line}`"),
+            )),
             zstack_ctl::cron::CronChange::Added { line } => {
                 self.undo.push(Undo::RestoreCrontab(before));
                 zstack_ctl::cron::write(&self.layout, Some(&after))?;
@@ -772,7 +973,10 @@ impl Run<'_> {
             to_start.extend(restarted.iter().copied());
         }
         if to_start.is_empty() {
-            return Ok((false, "unchanged: all services are running and answering".into()));
+            return Ok((
+                false,
+                "unchanged: all services are running and answering".into(),
+            ));
         }
         self.undo.push(Undo::Stop(to_start.clone()));
         if init == InitSystem::Supervisor {

@@ -39,9 +39,24 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         return 0;
     }
     let json = opts.json;
-    match run(&opts) {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, interrupted.clone()) {
+            eprintln!("zstack-installer: cannot handle signals: {e}");
+            return 1;
+        }
+    }
+    match run(&opts, &interrupted) {
         Ok(()) => 0,
         Err(e) if e.downcast_ref::<DryRunDone>().is_some() => 0,
+        Err(e) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+            eprintln!("zstack-installer: interrupted: {e:#}");
+            130
+        }
         Err(e) => {
             if json {
                 println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
@@ -53,7 +68,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
-fn run(opts: &Options) -> anyhow::Result<()> {
+fn run(opts: &Options, interrupted: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let Some(path) = &opts.bin else {
         bail!("this program runs from inside zstack-installer-<version>.bin; run that file: bash zstack-installer-<version>.bin");
     };
@@ -61,7 +76,10 @@ fn run(opts: &Options) -> anyhow::Result<()> {
     let t = &verified.trailer;
     if opts.check {
         if opts.json {
-            println!("{}", json!({"ok": true, "file": path, "version": t.version, "verified": ["header", "installer", "payload", "trailer"]}));
+            println!(
+                "{}",
+                json!({"ok": true, "file": path, "version": t.version, "verified": ["header", "installer", "payload", "trailer"]})
+            );
         } else {
             println!(
                 "{}: OK ({} {}; header, installer program, payload and trailer verified)",
@@ -80,10 +98,22 @@ fn run(opts: &Options) -> anyhow::Result<()> {
             println!("version:          {}", t.version);
             println!("build date:       {}", t.build_date);
             println!("file size:        {} bytes", t.total_size);
-            println!("header:           {} bytes, sha256 {}", t.header_size, t.header_sha256);
-            println!("installer:        {} bytes, sha256 {}", t.installer_size, t.installer_sha256);
-            println!("payload:          {} bytes, sha256 {}", t.payload_size, t.payload_sha256);
-            println!("unpacked:         {} bytes in {} files", t.unpacked_size, t.file_count);
+            println!(
+                "header:           {} bytes, sha256 {}",
+                t.header_size, t.header_sha256
+            );
+            println!(
+                "installer:        {} bytes, sha256 {}",
+                t.installer_size, t.installer_sha256
+            );
+            println!(
+                "payload:          {} bytes, sha256 {}",
+                t.payload_size, t.payload_sha256
+            );
+            println!(
+                "unpacked:         {} bytes in {} files",
+                t.unpacked_size, t.file_count
+            );
         }
         return Ok(());
     }
@@ -107,9 +137,12 @@ fn run(opts: &Options) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             for e in &m.entries {
                 match e {
-                    zstack_common::release::ManifestEntry::File { path, mode, size, sha256 } => {
-                        writeln!(out, "{mode:04o} {size:>10} {sha256} {path}")?
-                    }
+                    zstack_common::release::ManifestEntry::File {
+                        path,
+                        mode,
+                        size,
+                        sha256,
+                    } => writeln!(out, "{mode:04o} {size:>10} {sha256} {path}")?,
                     zstack_common::release::ManifestEntry::Symlink { path, target } => {
                         writeln!(out, "link {:>10} {:64} {path} -> {target}", "", "")?
                     }
@@ -120,16 +153,28 @@ fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(dir) = &opts.extract {
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-            bail!("{} is not empty; give a new or empty directory to --extract", dir.display());
+            bail!(
+                "{} is not empty; give a new or empty directory to --extract",
+                dir.display()
+            );
         }
         let created = !dir.exists();
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         match verified.extract(dir, |_| {}) {
             Ok(m) => {
                 if opts.json {
-                    println!("{}", json!({"ok": true, "dir": dir, "files": m.entries.len()}));
+                    println!(
+                        "{}",
+                        json!({"ok": true, "dir": dir, "files": m.entries.len()})
+                    );
                 } else {
-                    println!("extracted {} files of {} {} into {}", m.entries.len(), t.product, t.version, dir.display());
+                    println!(
+                        "extracted {} files of {} {} into {}",
+                        m.entries.len(),
+                        t.product,
+                        t.version,
+                        dir.display()
+                    );
                 }
                 return Ok(());
             }
@@ -140,7 +185,11 @@ fn run(opts: &Options) -> anyhow::Result<()> {
                 } else if let Ok(entries) = std::fs::read_dir(dir) {
                     for en in entries.flatten() {
                         let p = en.path();
-                        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
                     }
                 }
                 return Err(e.into());
@@ -148,12 +197,8 @@ fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, interrupted.clone())?;
-    }
     let mut rep = Reporter::new(opts.quiet || opts.json, opts.debug);
-    let summary = install::install(opts, &verified, &mut rep, &interrupted)?;
+    let summary = install::install(opts, &verified, &mut rep, interrupted)?;
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -164,18 +209,32 @@ fn run(opts: &Options) -> anyhow::Result<()> {
 
 fn print_summary(s: &Summary) {
     let root = |p: &std::path::Path| match &s.sysroot {
-        Some(r) => r.join(p.strip_prefix("/").unwrap_or(p)).display().to_string(),
+        Some(r) => r
+            .join(p.strip_prefix("/").unwrap_or(p))
+            .display()
+            .to_string(),
         None => p.display().to_string(),
     };
     println!();
     if !s.changed {
-        println!("Nothing to change: {} {} is installed as it should be.", s.product, s.version);
+        println!(
+            "Nothing to change: {} {} is installed as it should be.",
+            s.product, s.version
+        );
     } else if let Some(r) = &s.sysroot {
-        println!("{} {} is installed into the sysroot {} (nothing was started).", s.product, s.version, r.display());
+        println!(
+            "{} {} is installed into the sysroot {} (nothing was started).",
+            s.product,
+            s.version,
+            r.display()
+        );
     } else if s.services_started {
         println!("{} {} is installed and running.", s.product, s.version);
     } else {
-        println!("{} {} is installed (not started: -z). Start it with: zstack-ctl start", s.product, s.version);
+        println!(
+            "{} {} is installed (not started: -z). Start it with: zstack-ctl start",
+            s.product, s.version
+        );
     }
     println!();
     if let Some(api) = &s.api_url {
@@ -203,12 +262,17 @@ fn print_summary(s: &Summary) {
     if let Some(b) = &s.backup_dir {
         println!("  backups:        {} (root's crontab: 30 0,12 * * * zstack-ctl dump_mysql --keep-amount 14)", root(b));
     }
-    println!("  logs:           {} (installer: {})", root(&s.log_dir), root(&s.installer_log));
+    println!(
+        "  logs:           {} (installer: {})",
+        root(&s.log_dir),
+        root(&s.installer_log)
+    );
     if s.sysroot.is_none() {
         println!(
             "  services:       {}",
             match s.init {
-                zstack_common::service::InitSystem::Systemd => "systemd units zstack-server and zstack-kvmagent, enabled at boot",
+                zstack_common::service::InitSystem::Systemd =>
+                    "systemd units zstack-server and zstack-kvmagent, enabled at boot",
                 zstack_common::service::InitSystem::Supervisor => {
                     "supervised by zstack-ctl (systemd is not PID 1 on this host); units installed for when it is"
                 }

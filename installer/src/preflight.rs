@@ -47,7 +47,11 @@ impl Preflight<'_> {
             .or_else(|_| OsRelease::read(Path::new("/")))
         {
             Ok(os) => {
-                let name = if os.pretty_name.is_empty() { os.id.clone() } else { os.pretty_name.clone() };
+                let name = if os.pretty_name.is_empty() {
+                    os.id.clone()
+                } else {
+                    os.pretty_name.clone()
+                };
                 match os.supported_family() {
                     Ok(f) => (f, name),
                     Err(e) => {
@@ -57,7 +61,9 @@ impl Preflight<'_> {
                 }
             }
             Err(e) => {
-                problems.push(format!("cannot read /etc/os-release to identify the system: {e}"));
+                problems.push(format!(
+                    "cannot read /etc/os-release to identify the system: {e}"
+                ));
                 (Family::Debian, "unknown".into())
             }
         };
@@ -81,7 +87,11 @@ impl Preflight<'_> {
 
         let path = std::env::var_os("PATH").unwrap_or_default();
         for tool in REQUIRED_TOOLS {
-            if tool.programs.iter().any(|p| find_program(p, &path).is_some()) {
+            if tool
+                .programs
+                .iter()
+                .any(|p| find_program(p, &path).is_some())
+            {
                 continue;
             }
             let msg = format!(
@@ -107,17 +117,26 @@ impl Preflight<'_> {
             }
         }
         if self.opts.drop_db && self.opts.keep_db {
-            problems.push("-D (drop the database) and -k (keep it) contradict each other; give one".into());
+            problems.push(
+                "-D (drop the database) and -k (keep it) contradict each other; give one".into(),
+            );
         }
         if !self.opts.install_root.is_absolute() {
-            problems.push(format!("-r {}: the install root must be an absolute path", self.opts.install_root.display()));
+            problems.push(format!(
+                "-r {}: the install root must be an absolute path",
+                self.opts.install_root.display()
+            ));
         }
 
         self.check_command_links(&mut problems);
         self.check_properties(&mut problems);
 
         if problems.is_empty() {
-            Ok(Findings { family, os_name, warnings })
+            Ok(Findings {
+                family,
+                os_name,
+                warnings,
+            })
         } else {
             Err(problems)
         }
@@ -126,20 +145,33 @@ impl Preflight<'_> {
     fn check_disk(&self, problems: &mut Vec<String>) {
         let l = self.layout;
         let need_tree = self.unpacked_size * 2; // the tree, and its staging copy while unpacking
-        let need_data = if self.services.contains(&Service::Server) { DATA_RESERVE } else { 16 << 20 };
+        let need_data = if self.services.contains(&Service::Server) {
+            DATA_RESERVE
+        } else {
+            16 << 20
+        };
         let places = [
             (l.host(l.install_root()), need_tree, "the release tree"),
-            (l.host(l.data_dir()), need_data, "the database, logs and backups"),
+            (
+                l.host(l.data_dir()),
+                need_data,
+                "the database, logs and backups",
+            ),
         ];
         let mut per_fs: Vec<(u64, PathBuf, u64, u64, Vec<&str>)> = Vec::new(); // dev, path, need, avail, what
         for (path, need, what) in places {
             let existing = nearest_existing(&path);
-            let Ok(meta) = std::fs::metadata(&existing) else { continue };
+            let Ok(meta) = std::fs::metadata(&existing) else {
+                continue;
+            };
             use std::os::unix::fs::MetadataExt;
             let avail = match nix::sys::statvfs::statvfs(&existing) {
                 Ok(s) => s.blocks_available() as u64 * s.fragment_size() as u64,
                 Err(e) => {
-                    problems.push(format!("cannot measure free space at {}: {e}", existing.display()));
+                    problems.push(format!(
+                        "cannot measure free space at {}: {e}",
+                        existing.display()
+                    ));
                     continue;
                 }
             };
@@ -217,12 +249,16 @@ fn port_problem(service: Service) -> Option<String> {
         Ok(_) => None,
         Err(_) => {
             let url = format!("http://127.0.0.1:{port}/health");
-            if let Ok(h) = zstack_common::health::fetch(&url, None, std::time::Duration::from_secs(2)) {
+            if let Ok(h) =
+                zstack_common::health::fetch(&url, None, std::time::Duration::from_secs(2))
+            {
                 if h.service == service.name() {
                     return None;
                 }
             }
-            let holder = port_holder(port).map(|p| format!(" by {p}")).unwrap_or_default();
+            let holder = port_holder(port)
+                .map(|p| format!(" by {p}"))
+                .unwrap_or_default();
             Some(format!(
                 "port {port}, which the {} ({}) needs, is in use{holder}; stop that program or free the port",
                 service.description(),
@@ -236,13 +272,18 @@ fn port_problem(service: Service) -> Option<String> {
 fn port_holder(port: u16) -> Option<String> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 || f[3] != "0A" {
                 continue; // not LISTEN
             }
-            let local_port = f[1].rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok());
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
             if local_port == Some(port) {
                 inodes.push(format!("socket:[{}]", f[9]));
             }
@@ -256,11 +297,14 @@ fn port_holder(port: u16) -> Option<String> {
         if !pid.chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if let Ok(t) = std::fs::read_link(fd.path()) {
                 if inodes.iter().any(|i| t.as_os_str() == i.as_str()) {
-                    let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+                    let comm =
+                        std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
                     return Some(format!("pid {pid} ({})", comm.trim()));
                 }
             }

@@ -18,7 +18,14 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(quiet: bool, debug: bool) -> Self {
-        Reporter { quiet, debug, tty: std::io::stderr().is_terminal(), log: None, bar: None, current: None }
+        Reporter {
+            quiet,
+            debug,
+            tty: std::io::stderr().is_terminal(),
+            log: None,
+            bar: None,
+            current: None,
+        }
     }
 
     pub fn set_log(&mut self, log: LogFile) {
@@ -39,7 +46,8 @@ impl Reporter {
         }
         if self.tty {
             let bar = ProgressBar::new_spinner();
-            if let Ok(style) = ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}") {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
+            {
                 bar.set_style(style);
             }
             bar.set_prefix(format!("{n}/{total}"));
@@ -65,7 +73,9 @@ impl Reporter {
     }
 
     pub fn step_done(&mut self, outcome: &str) {
-        let Some((n, total, title)) = self.current.take() else { return };
+        let Some((n, total, title)) = self.current.take() else {
+            return;
+        };
         self.log("INFO", &format!("[{n}/{total}] {title}: {outcome}"));
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -12,7 +12,11 @@ pub enum Undo {
     /// Remove a file, symlink or directory tree this run created.
     Remove(PathBuf),
     /// Put back a file's previous content and mode.
-    RestoreFile { path: PathBuf, content: Vec<u8>, mode: u32 },
+    RestoreFile {
+        path: PathBuf,
+        content: Vec<u8>,
+        mode: u32,
+    },
     /// Point a symlink back at its previous target.
     RestoreSymlink { path: PathBuf, target: PathBuf },
     /// Put back root's previous crontab (`None`: root had none).
@@ -66,18 +70,26 @@ fn apply(layout: &Layout, u: &Undo) -> anyhow::Result<()> {
                 std::fs::remove_file(p)?;
             }
         }
-        Undo::RestoreFile { path, content, mode } => {
+        Undo::RestoreFile {
+            path,
+            content,
+            mode,
+        } => {
             zstack_common::fsutil::atomic_write(path, content, *mode)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))?;
         }
-        Undo::RestoreSymlink { path, target } => zstack_common::fsutil::atomic_symlink(target, path)?,
+        Undo::RestoreSymlink { path, target } => {
+            zstack_common::fsutil::atomic_symlink(target, path)?
+        }
         Undo::RestoreCrontab(content) => zstack_ctl::cron::write(layout, content.as_deref())?,
         Undo::Stop(services) => {
             zstack_ctl::lifecycle::stop(layout, services, zstack_ctl::lifecycle::STOP_TIMEOUT)?;
         }
         Undo::MoveBack { from, to } => std::fs::rename(from, to)?,
         Undo::DaemonReload => {
-            let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+            let _ = std::process::Command::new("systemctl")
+                .arg("daemon-reload")
+                .status();
         }
     }
     Ok(())

@@ -1,1 +1,291 @@
-//! Shared helpers of the integration tests live in tests/tests/common.
+//! Helpers shared by the integration and end-to-end tests (tests/tests/*.rs). Those tests run as
+//! root against the real `.bin` built by `make bin`; `make test` runs them with
+//! `--include-ignored`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// `build/zstack-installer-<version>.bin`, which `make bin VERSION=<version>` builds.
+pub fn bin_path(version: &str) -> PathBuf {
+    let p = repo_root().join(format!("build/zstack-installer-{version}.bin"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make bin VERSION={version}` first",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (make test runs it as root)"
+    );
+}
+
+/// Runs a command and returns its output (never panics on a non-zero exit).
+pub fn run(mut cmd: impl std::borrow::BorrowMut<Command>) -> Output {
+    let cmd = cmd.borrow_mut();
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// stdout + stderr as one string, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `bash <bin> args...`
+pub fn bin_cmd(bin: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(bin).args(args);
+    c
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+    let cmd = cmd.borrow_mut();
+    let o = run(&mut *cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        o.status,
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What a directory tree holds: for every path, its type, mode and content hash or link target.
+/// Two equal snapshots mean nothing in the tree changed.
+pub type Snapshot = BTreeMap<PathBuf, String>;
+
+/// Snapshots `root`, leaving out paths for which `skip` is true.
+pub fn snapshot(root: &Path, skip: &dyn Fn(&Path) -> bool) -> Snapshot {
+    use sha2::{Digest, Sha256};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+        if skip(&rel) {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let desc = if meta.file_type().is_symlink() {
+            format!(
+                "link -> {}",
+                std::fs::read_link(&p)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            )
+        } else if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+            format!("dir {mode:o}")
+        } else {
+            let content = std::fs::read(&p).unwrap_or_default();
+            format!("file {mode:o} {}", hex::encode(Sha256::digest(&content)))
+        };
+        out.insert(rel, desc);
+    }
+    out
+}
+
+/// The differences between two snapshots, one line each.
+pub fn diff(a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    let mut d = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => d.push(format!("removed {}", k.display())),
+            Some(w) if w != v => d.push(format!("changed {}: {v} -> {w}", k.display())),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            d.push(format!("added {}", k.display()));
+        }
+    }
+    d
+}
+
+/// Paths of the real host that an install touches; snapshotting them shows whether a refused
+/// run changed the host.
+pub const HOST_PATHS: &[&str] = &[
+    "/usr/local/zstack",
+    "/etc/zstack",
+    "/var/lib/zstack",
+    "/var/log/zstack",
+    "/usr/bin/zstack-ctl",
+    "/usr/bin/zstack-cli",
+    "/etc/systemd/system/zstack-server.service",
+    "/etc/systemd/system/zstack-kvmagent.service",
+    "/etc/systemd/system/multi-user.target.wants",
+];
+
+/// A snapshot of the host's ZStack paths and root's crontab.
+pub fn host_snapshot() -> Snapshot {
+    let mut s = Snapshot::new();
+    for p in HOST_PATHS {
+        for (k, v) in snapshot(Path::new(p), &|_| false) {
+            s.insert(Path::new(p).join(k), v);
+        }
+    }
+    let cron = run(Command::new("crontab").args(["-l"]));
+    s.insert(
+        PathBuf::from("crontab"),
+        String::from_utf8_lossy(&cron.stdout).into_owned(),
+    );
+    s
+}
+
+/// True if a ZStack release is installed on the real host.
+pub fn installed_on_host() -> bool {
+    Path::new("/usr/local/zstack/current").exists() || Path::new("/etc/zstack").exists()
+}
+
+/// Stops the services and removes everything an install put on the real host, keeping every
+/// crontab line but the dump_mysql one.
+pub fn uninstall_from_host() {
+    if Path::new("/usr/bin/zstack-ctl").exists() {
+        let _ = Command::new("/usr/bin/zstack-ctl")
+            .args(["stop", "--timeout", "30"])
+            .output();
+    }
+    for p in HOST_PATHS {
+        let path = Path::new(p);
+        if p.ends_with(".wants") {
+            for unit in ["zstack-server.service", "zstack-kvmagent.service"] {
+                let _ = std::fs::remove_file(path.join(unit));
+            }
+            continue;
+        }
+        let _ = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+    }
+    let _ = std::fs::remove_file("/var/log/zstack-installer.log");
+    let cron = run(Command::new("crontab").args(["-l"]));
+    if cron.status.success() {
+        let kept: String = String::from_utf8_lossy(&cron.stdout)
+            .lines()
+            .filter(|l| !l.contains("zstack-ctl dump_mysql"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.trim().is_empty() {
+            let _ = Command::new("crontab").arg("-r").output();
+        } else {
+            use std::io::Write;
+            if let Ok(mut child) = Command::new("crontab")
+                .arg("-")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+            {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(kept.as_bytes());
+                }
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Removes the real-host install when dropped, so a failing test leaves a clean machine.
+pub struct HostInstallGuard;
+
+impl Drop for HostInstallGuard {
+    fn drop(&mut self) {
+        uninstall_from_host();
+    }
+}
+
+/// The `key=value` fields of a .bin's trailer (its last 1 KiB).
+pub fn trailer_fields(bin: &Path) -> BTreeMap<String, String> {
+    let bytes = std::fs::read(bin).expect("read .bin");
+    let t = &bytes[bytes.len() - 1024..];
+    String::from_utf8_lossy(t)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// A network namespace made by a test, deleted when dropped.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> NetNs {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        ok(Command::new("ip").args(["netns", "add", name]));
+        ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        NetNs {
+            name: name.to_string(),
+        }
+    }
+
+    /// A command run inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+pub struct TmpfsMount {
+    pub dir: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    pub fn new(options: &str) -> TmpfsMount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ok(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path()));
+        TmpfsMount { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
+}

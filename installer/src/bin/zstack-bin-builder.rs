@@ -8,7 +8,10 @@ use clap::Parser;
 use zstack_installer::assemble::{build, BuildInputs};
 
 #[derive(Parser)]
-#[command(name = "zstack-bin-builder", about = "Assemble the ZStack offline installer .bin")]
+#[command(
+    name = "zstack-bin-builder",
+    about = "Assemble the ZStack offline installer .bin"
+)]
 struct Args {
     /// Release version the .bin is labelled as (x.y.z).
     #[arg(long)]

@@ -23,9 +23,13 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Invocation>> {
             "-H" | "--host" => host = it.next().context("-H needs a host")?.clone(),
             "-p" | "--port" => {
                 let p = it.next().context("-p needs a port")?;
-                port = p.parse().with_context(|| format!("-p {p}: not a port number"))?;
+                port = p
+                    .parse()
+                    .with_context(|| format!("-p {p}: not a port number"))?;
             }
-            s if s.starts_with('-') && command.is_none() => bail!("unknown option {s}; see zstack-cli -h"),
+            s if s.starts_with('-') && command.is_none() => {
+                bail!("unknown option {s}; see zstack-cli -h")
+            }
             s if command.is_none() => command = Some(s.to_string()),
             s => {
                 let (k, v) = s
@@ -36,7 +40,12 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Invocation>> {
         }
     }
     let command = command.context("no command given; see zstack-cli -h")?;
-    Ok(Some(Invocation { host, port, command, params }))
+    Ok(Some(Invocation {
+        host,
+        port,
+        command,
+        params,
+    }))
 }
 
 const USAGE: &str = "usage: zstack-cli [-H host] [-p port] Command key=value ...\n\
@@ -63,7 +72,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
                 0
             }
             Err(e) => {
-                eprintln!("zstack-cli: the management node answered something that is not JSON: {e}");
+                eprintln!(
+                    "zstack-cli: the management node answered something that is not JSON: {e}"
+                );
                 1
             }
         },

@@ -131,8 +131,15 @@ mod tests {
         atomic_write(&p, b"one", 0o600).unwrap();
         atomic_write(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 
     #[test]
@@ -141,14 +148,26 @@ mod tests {
         let link = dir.path().join("current");
         atomic_symlink(Path::new("versions/1.0.0"), &link).unwrap();
         atomic_symlink(Path::new("versions/1.2.0"), &link).unwrap();
-        assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("versions/1.2.0"));
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from("versions/1.2.0")
+        );
     }
 
     #[test]
     fn tracked_dirs_are_the_created_ones() {
         let dir = tempfile::tempdir().unwrap();
         let made = create_dir_all_tracked(&dir.path().join("a/b/c"), 0o755).unwrap();
-        assert_eq!(made, vec![dir.path().join("a"), dir.path().join("a/b"), dir.path().join("a/b/c")]);
-        assert!(create_dir_all_tracked(&dir.path().join("a/b"), 0o755).unwrap().is_empty());
+        assert_eq!(
+            made,
+            vec![
+                dir.path().join("a"),
+                dir.path().join("a/b"),
+                dir.path().join("a/b/c")
+            ]
+        );
+        assert!(create_dir_all_tracked(&dir.path().join("a/b"), 0o755)
+            .unwrap()
+            .is_empty());
     }
 }

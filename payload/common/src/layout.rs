@@ -140,11 +140,17 @@ mod tests {
     #[test]
     fn host_paths_live_under_the_sysroot() {
         let l = Layout::new("/tmp/root", DEFAULT_INSTALL_ROOT);
-        assert_eq!(l.host(l.db_file()), PathBuf::from("/tmp/root/var/lib/zstack/zstack.db"));
+        assert_eq!(
+            l.host(l.db_file()),
+            PathBuf::from("/tmp/root/var/lib/zstack/zstack.db")
+        );
         assert_eq!(l.host("/../etc/x"), PathBuf::from("/tmp/root/etc/x"));
         assert!(l.is_sysroot());
         let real = Layout::new("/", DEFAULT_INSTALL_ROOT);
-        assert_eq!(real.host(real.current_link()), PathBuf::from("/usr/local/zstack/current"));
+        assert_eq!(
+            real.host(real.current_link()),
+            PathBuf::from("/usr/local/zstack/current")
+        );
         assert!(!real.is_sysroot());
     }
 
@@ -158,6 +164,9 @@ mod tests {
             install_root_of_exe(&bin.join("zstack"), dir.path()),
             Some(PathBuf::from("/opt/zs"))
         );
-        assert_eq!(install_root_of_exe(&dir.path().join("opt"), dir.path()), None);
+        assert_eq!(
+            install_root_of_exe(&dir.path().join("opt"), dir.path()),
+            None
+        );
     }
 }

@@ -34,7 +34,9 @@ impl OsRelease {
             pretty_name: String::new(),
         };
         for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             let v = v.trim().trim_matches('"').trim_matches('\'').to_string();
             match k.trim() {
                 "ID" => r.id = v.to_lowercase(),
@@ -175,7 +177,9 @@ mod tests {
     use super::*;
 
     fn os(id: &str, ver: &str) -> OsRelease {
-        OsRelease::parse(&format!("ID={id}\nVERSION_ID=\"{ver}\"\nPRETTY_NAME=\"{id} {ver}\"\n"))
+        OsRelease::parse(&format!(
+            "ID={id}\nVERSION_ID=\"{ver}\"\nPRETTY_NAME=\"{id} {ver}\"\n"
+        ))
     }
 
     #[test]
@@ -190,7 +194,12 @@ mod tests {
 
     #[test]
     fn unsupported_systems_list_the_supported_ones() {
-        for (id, v) in [("debian", "11"), ("ubuntu", "20.04"), ("centos", "7"), ("arch", "")] {
+        for (id, v) in [
+            ("debian", "11"),
+            ("ubuntu", "20.04"),
+            ("centos", "7"),
+            ("arch", ""),
+        ] {
             let e = os(id, v).supported_family().unwrap_err();
             assert!(e.contains("Debian 12+"), "{e}");
         }

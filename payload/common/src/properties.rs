@@ -9,7 +9,10 @@ use std::path::Path;
 enum Line {
     /// A comment or a blank line, kept verbatim.
     Other(String),
-    Entry { key: String, value: String },
+    Entry {
+        key: String,
+        value: String,
+    },
 }
 
 /// An ordered, comment-preserving properties file.
@@ -21,11 +24,21 @@ pub struct Properties {
 #[derive(Debug, thiserror::Error)]
 pub enum PropertiesError {
     #[error("{path}: line {line}: expected `key = value`, found {text:?}")]
-    Syntax { path: String, line: usize, text: String },
+    Syntax {
+        path: String,
+        line: usize,
+        text: String,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Properties {
@@ -202,7 +215,8 @@ impl Properties {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "# ZStack\n\n# the IP\nmanagement.server.ip = 10.0.0.1\nkvmagent.port=7070\n";
+    const TEXT: &str =
+        "# ZStack\n\n# the IP\nmanagement.server.ip = 10.0.0.1\nkvmagent.port=7070\n";
 
     #[test]
     fn round_trip_keeps_comments_and_order() {
@@ -219,7 +233,9 @@ mod tests {
         let mut p = Properties::parse(TEXT, "t").unwrap();
         assert!(p.set("management.server.ip", "10.0.0.2"));
         assert!(!p.set("management.server.ip", "10.0.0.2"));
-        assert!(p.render().contains("# the IP\nmanagement.server.ip = 10.0.0.2\nkvmagent.port"));
+        assert!(p
+            .render()
+            .contains("# the IP\nmanagement.server.ip = 10.0.0.2\nkvmagent.port"));
     }
 
     #[test]
@@ -230,9 +246,14 @@ mod tests {
             "d",
         )
         .unwrap();
-        assert_eq!(user.add_missing(&defaults), vec!["kvmagent.port".to_string()]);
+        assert_eq!(
+            user.add_missing(&defaults),
+            vec!["kvmagent.port".to_string()]
+        );
         assert_eq!(user.get("management.server.ip"), Some("192.168.1.5"));
-        assert!(user.render().contains("# the agent port\nkvmagent.port = 7070"));
+        assert!(user
+            .render()
+            .contains("# the agent port\nkvmagent.port = 7070"));
         assert!(user.add_missing(&defaults).is_empty());
     }
 
@@ -246,7 +267,8 @@ mod tests {
 
     #[test]
     fn syntax_error_names_the_line() {
-        let e = Properties::parse("a = 1\nnonsense\n", "/etc/zstack/zstack.properties").unwrap_err();
+        let e =
+            Properties::parse("a = 1\nnonsense\n", "/etc/zstack/zstack.properties").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
     }
 }

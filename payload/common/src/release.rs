@@ -25,9 +25,15 @@ pub struct Release {
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid release description: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: version {version:?} is not a semantic version (x.y.z)")]
     Version { path: PathBuf, version: String },
 }
@@ -40,8 +46,11 @@ impl Release {
             path: path.clone(),
             source,
         })?;
-        let release: Release = serde_json::from_str(&text)
-            .map_err(|source| ReleaseError::Parse { path: path.clone(), source })?;
+        let release: Release =
+            serde_json::from_str(&text).map_err(|source| ReleaseError::Parse {
+                path: path.clone(),
+                source,
+            })?;
         release.semver().map_err(|_| ReleaseError::Version {
             path,
             version: release.version.clone(),
@@ -72,8 +81,16 @@ impl Release {
 /// One entry of a release tree's MANIFEST.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestEntry {
-    File { path: String, mode: u32, size: u64, sha256: String },
-    Symlink { path: String, target: String },
+    File {
+        path: String,
+        mode: u32,
+        size: u64,
+        sha256: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 impl ManifestEntry {
@@ -98,7 +115,10 @@ pub enum ManifestError {
     #[error("{path}: {problem}")]
     Mismatch { path: String, problem: String },
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Manifest {
@@ -132,9 +152,12 @@ impl Manifest {
         let mut out = String::new();
         for e in &self.entries {
             match e {
-                ManifestEntry::File { path, mode, size, sha256 } => {
-                    out.push_str(&format!("F {sha256} {mode:o} {size} {path}\n"))
-                }
+                ManifestEntry::File {
+                    path,
+                    mode,
+                    size,
+                    sha256,
+                } => out.push_str(&format!("F {sha256} {mode:o} {size} {path}\n")),
                 ManifestEntry::Symlink { path, target } => {
                     out.push_str(&format!("L {target} {path}\n"))
                 }
@@ -170,7 +193,12 @@ impl Manifest {
                 source,
             };
             match e {
-                ManifestEntry::File { path, mode, size, sha256 } => {
+                ManifestEntry::File {
+                    path,
+                    mode,
+                    size,
+                    sha256,
+                } => {
                     let meta = std::fs::symlink_metadata(&p).map_err(io)?;
                     let mismatch = |problem: String| ManifestError::Mismatch {
                         path: path.clone(),

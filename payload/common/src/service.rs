@@ -84,7 +84,9 @@ impl Service {
 
     /// Pid file of the supervisor that keeps the service running without systemd.
     pub fn supervisor_pid_file(self, layout: &Layout) -> PathBuf {
-        layout.run_dir().join(format!("{}.supervisor.pid", self.name()))
+        layout
+            .run_dir()
+            .join(format!("{}.supervisor.pid", self.name()))
     }
 
     /// The health URL on this host.

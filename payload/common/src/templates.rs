@@ -43,10 +43,12 @@ impl Templates {
             name: name.to_string(),
             message: error_chain(&e),
         })?;
-        self.tera.render(name, &ctx).map_err(|e| TemplateError::Render {
-            name: name.to_string(),
-            message: error_chain(&e),
-        })
+        self.tera
+            .render(name, &ctx)
+            .map_err(|e| TemplateError::Render {
+                name: name.to_string(),
+                message: error_chain(&e),
+            })
     }
 }
 
@@ -75,7 +77,9 @@ mod tests {
             .render("cron/line.tera", &serde_json::json!({"a": 1, "b": "x"}))
             .unwrap();
         assert_eq!(out, "1 and x\n");
-        let err = t.render("cron/line.tera", &serde_json::json!({"a": 1})).unwrap_err();
+        let err = t
+            .render("cron/line.tera", &serde_json::json!({"a": 1}))
+            .unwrap_err();
         assert!(err.to_string().contains("cron/line.tera"), "{err}");
     }
 }

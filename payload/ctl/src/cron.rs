@@ -28,7 +28,10 @@ pub enum CronChange {
 
 /// Renders the dump_mysql line of this release.
 pub fn render_line(templates: &Templates) -> anyhow::Result<String> {
-    let text = templates.render(CRON_TEMPLATE, &serde_json::json!({ "zstack_ctl": "zstack-ctl" }))?;
+    let text = templates.render(
+        CRON_TEMPLATE,
+        &serde_json::json!({ "zstack_ctl": "zstack-ctl" }),
+    )?;
     Ok(text.trim().to_string())
 }
 
@@ -45,7 +48,9 @@ pub fn with_dump_line(crontab: &str, line: &str) -> (String, CronChange) {
     if let Some(existing) = find_dump_line(crontab) {
         return (
             crontab.to_string(),
-            CronChange::AlreadyPresent { line: existing.trim().to_string() },
+            CronChange::AlreadyPresent {
+                line: existing.trim().to_string(),
+            },
         );
     }
     let mut out = crontab.to_string();
@@ -54,7 +59,12 @@ pub fn with_dump_line(crontab: &str, line: &str) -> (String, CronChange) {
     }
     out.push_str(line);
     out.push('\n');
-    (out, CronChange::Added { line: line.to_string() })
+    (
+        out,
+        CronChange::Added {
+            line: line.to_string(),
+        },
+    )
 }
 
 /// Installs the line idempotently in root's crontab.
@@ -128,7 +138,9 @@ pub fn write(layout: &Layout, content: Option<&str>) -> anyhow::Result<()> {
                 .context("cannot write to `crontab -`")?;
             child.wait()?
         }
-        None => Command::new("crontab").args(["-u", "root", "-r"]).status()?,
+        None => Command::new("crontab")
+            .args(["-u", "root", "-r"])
+            .status()?,
     };
     if !status.success() {
         bail!("crontab refused the new table ({status})");
@@ -173,7 +185,9 @@ mod tests {
         assert_eq!(after, edited);
         assert_eq!(
             change,
-            CronChange::AlreadyPresent { line: edited.trim().into() }
+            CronChange::AlreadyPresent {
+                line: edited.trim().into()
+            }
         );
     }
 

@@ -14,7 +14,11 @@ use zstack_common::templates::Templates;
 use zstack_common::{Layout, Properties, Release};
 
 #[derive(Parser, Debug)]
-#[command(name = "zstack-ctl", about = "ZStack operator tool", disable_version_flag = true)]
+#[command(
+    name = "zstack-ctl",
+    about = "ZStack operator tool",
+    disable_version_flag = true
+)]
 struct Cli {
     /// Print the result as JSON.
     #[arg(long, global = true)]
@@ -144,8 +148,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!(
                     "zstack-ctl {}\ninstalled release: {}",
-                    this.map(|r| r.version).unwrap_or_else(|| "(outside a release tree)".into()),
-                    installed.map(|r| r.version).unwrap_or_else(|| "none".into())
+                    this.map(|r| r.version)
+                        .unwrap_or_else(|| "(outside a release tree)".into()),
+                    installed
+                        .map(|r| r.version)
+                        .unwrap_or_else(|| "none".into())
                 );
             }
         }
@@ -175,13 +182,26 @@ fn secs(s: u64) -> std::time::Duration {
 /// The templates of the release this program belongs to.
 fn release_templates(layout: &Layout) -> anyhow::Result<Templates> {
     let exe = std::env::current_exe()?.canonicalize()?;
-    let tree = exe.parent().and_then(Path::parent).context("cannot locate the release tree")?;
+    let tree = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the release tree")?;
     let dir = tree.join("templates");
-    let dir = if dir.is_dir() { dir } else { layout.host(layout.current_link().join("templates")) };
+    let dir = if dir.is_dir() {
+        dir
+    } else {
+        layout.host(layout.current_link().join("templates"))
+    };
     Ok(Templates::load(&dir)?)
 }
 
-fn report_changes(json: bool, init: InitSystem, changes: &[(Service, bool)], did: &str, didnt: &str) {
+fn report_changes(
+    json: bool,
+    init: InitSystem,
+    changes: &[(Service, bool)],
+    did: &str,
+    didnt: &str,
+) {
     if json {
         let items: Vec<_> = changes
             .iter()
@@ -207,7 +227,10 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
     let init = InitSystem::detect(layout);
     let release = Release::current(layout);
     let statuses = lifecycle::status(layout, &props, &services);
-    let ip = props.get(keys::MANAGEMENT_IP).unwrap_or("127.0.0.1").to_string();
+    let ip = props
+        .get(keys::MANAGEMENT_IP)
+        .unwrap_or("127.0.0.1")
+        .to_string();
     let api = Service::Server
         .port(&props)
         .map(|p| format!("http://{ip}:{p}"))
@@ -230,12 +253,16 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "ZStack {} at {}",
-        release.map(|r| r.version).unwrap_or_else(|| "(no release is current)".into()),
+        release
+            .map(|r| r.version)
+            .unwrap_or_else(|| "(no release is current)".into()),
         layout.host(layout.current_link()).display()
     );
     match init {
         InitSystem::Systemd => println!("services: managed by systemd"),
-        InitSystem::Supervisor => println!("services: supervised by zstack-ctl (systemd is not PID 1 here)"),
+        InitSystem::Supervisor => {
+            println!("services: supervised by zstack-ctl (systemd is not PID 1 here)")
+        }
     }
     for st in &statuses {
         let state = match (&st.pid, &st.health, &st.health_error) {
@@ -251,7 +278,12 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
             println!("{:<17} {api}", "API:");
         }
         match db_size {
-            Some(size) => println!("{:<17} {} ({:.1} MiB)", "database:", db.display(), size as f64 / 1048576.0),
+            Some(size) => println!(
+                "{:<17} {} ({:.1} MiB)",
+                "database:",
+                db.display(),
+                size as f64 / 1048576.0
+            ),
             None => println!("{:<17} {} (missing)", "database:", db.display()),
         }
     }

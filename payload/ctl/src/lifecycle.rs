@@ -56,7 +56,9 @@ pub fn live_pid(file: &Path) -> Option<u32> {
 
 /// True if `pid` runs and is a ZStack program (not a recycled pid of something else).
 pub fn is_ours(pid: u32) -> bool {
-    let Ok(pid_i) = i32::try_from(pid) else { return false };
+    let Ok(pid_i) = i32::try_from(pid) else {
+        return false;
+    };
     if kill(Pid::from_raw(pid_i), None).is_err() {
         return false;
     }
@@ -99,8 +101,9 @@ pub fn check_health(props: &Properties, service: Service) -> Result<Health, Stri
     // The agent is "connected" only when it also accepts our secret.
     if let (Service::KvmAgent, Some(secret)) = (service, secret) {
         let ping = url.replace("/health", "/host/ping");
-        health::fetch(&ping, Some(secret), Duration::from_secs(3))
-            .map_err(|e| format!("the agent answers but refuses the secret in zstack.properties: {e}"))?;
+        health::fetch(&ping, Some(secret), Duration::from_secs(3)).map_err(|e| {
+            format!("the agent answers but refuses the secret in zstack.properties: {e}")
+        })?;
     }
     Ok(h)
 }
@@ -140,7 +143,10 @@ pub fn start(
     timeout: Duration,
 ) -> anyhow::Result<Vec<(Service, bool)>> {
     if layout.is_sysroot() {
-        bail!("services are never started inside a sysroot ({})", layout.sysroot().display());
+        bail!(
+            "services are never started inside a sysroot ({})",
+            layout.sysroot().display()
+        );
     }
     let init = InitSystem::detect(layout);
     let mut started = Vec::new();
@@ -237,7 +243,11 @@ pub fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Stops `services`. Returns, for each, whether it was running.
-pub fn stop(layout: &Layout, services: &[Service], timeout: Duration) -> anyhow::Result<Vec<(Service, bool)>> {
+pub fn stop(
+    layout: &Layout,
+    services: &[Service],
+    timeout: Duration,
+) -> anyhow::Result<Vec<(Service, bool)>> {
     let init = InitSystem::detect(layout);
     let mut out = Vec::new();
     for &s in services {
@@ -246,7 +256,11 @@ pub fn stop(layout: &Layout, services: &[Service], timeout: Duration) -> anyhow:
             InitSystem::Systemd => {
                 let o = systemctl(&["stop", &s.unit()])?;
                 if !o.status.success() {
-                    bail!("systemctl stop {} failed: {}", s.unit(), String::from_utf8_lossy(&o.stderr).trim());
+                    bail!(
+                        "systemctl stop {} failed: {}",
+                        s.unit(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
                 }
             }
             InitSystem::Supervisor => stop_supervised(layout, s, timeout)?,
@@ -261,7 +275,10 @@ fn stop_supervised(layout: &Layout, service: Service, timeout: Duration) -> anyh
     let pid_file = layout.host(service.pid_file(layout));
     // The supervisor stops the service and then exits; a service without a supervisor (its
     // supervisor was killed) is stopped directly.
-    let targets: Vec<u32> = [live_pid(&sup_file), live_pid(&pid_file)].into_iter().flatten().collect();
+    let targets: Vec<u32> = [live_pid(&sup_file), live_pid(&pid_file)]
+        .into_iter()
+        .flatten()
+        .collect();
     if let Some(&first) = targets.first() {
         signal(first, Signal::SIGTERM);
         if live_pid(&sup_file).is_none() {
@@ -310,22 +327,32 @@ pub fn supervise(layout: &Layout, service: Service) -> anyhow::Result<()> {
         .truncate(false)
         .write(true)
         .open(&lock_path)?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow::anyhow!("another supervisor of {} is running", service.name())
-    })?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| anyhow::anyhow!("another supervisor of {} is running", service.name()))?;
     let log = LogFile::open(&layout.host(service.log_file(layout)), false)?;
     let sup_file = layout.host(service.supervisor_pid_file(layout));
     let pid_file = layout.host(service.pid_file(layout));
-    zstack_common::fsutil::atomic_write(&sup_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+    zstack_common::fsutil::atomic_write(
+        &sup_file,
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     // A closed terminal must not stop the cloud.
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(AtomicBool::new(false)))?;
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    )?;
 
     let mut backoff = Duration::from_secs(1);
-    log.info(&format!("supervisor of {} started (no systemd on this host), pid {}", service.name(), std::process::id()));
+    log.info(&format!(
+        "supervisor of {} started (no systemd on this host), pid {}",
+        service.name(),
+        std::process::id()
+    ));
     while !stop.load(Ordering::SeqCst) {
         // Resolved through `current` at each start, so a restart after an upgrade runs the new release.
         let program: PathBuf = layout.host(layout.current_bin(service.name()));
@@ -339,7 +366,11 @@ pub fn supervise(layout: &Layout, service: Service) -> anyhow::Result<()> {
                 continue;
             }
         };
-        zstack_common::fsutil::atomic_write(&pid_file, format!("{}\n", child.id()).as_bytes(), 0o644)?;
+        zstack_common::fsutil::atomic_write(
+            &pid_file,
+            format!("{}\n", child.id()).as_bytes(),
+            0o644,
+        )?;
         let status = loop {
             if let Some(st) = child.try_wait()? {
                 break Some(st);
@@ -355,7 +386,10 @@ pub fn supervise(layout: &Layout, service: Service) -> anyhow::Result<()> {
                 let deadline = Instant::now() + STOP_TIMEOUT;
                 while child.try_wait()?.is_none() {
                     if Instant::now() >= deadline {
-                        log.warn(&format!("{} did not stop in time; killing it", service.name()));
+                        log.warn(&format!(
+                            "{} did not stop in time; killing it",
+                            service.name()
+                        ));
                         let _ = child.kill();
                         let _ = child.wait();
                         break;

@@ -20,9 +20,15 @@ pub const LEDGER_TABLE: &str = "schema_migrations";
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("cannot read migrations from {path}: {source}")]
-    ReadMigrations { path: PathBuf, source: std::io::Error },
+    ReadMigrations {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("migration file {file} is not named V<x.y.z>__<what>.sql")]
     BadMigrationName { file: String },
     #[error("two migration files share version and name: {a} and {b}")]
@@ -31,7 +37,12 @@ pub enum DbError {
         "migration {version} ({name}) was changed after it was applied to this database \
          (sha256 {applied} in the ledger, {shipped} shipped); restore the shipped file or the DB from a backup"
     )]
-    ChangedMigration { version: Version, name: String, applied: String, shipped: String },
+    ChangedMigration {
+        version: Version,
+        name: String,
+        applied: String,
+        shipped: String,
+    },
     #[error(
         "the database has migration {version} ({name}) that this release does not know: \
          it was made by a newer release; install that release or restore an older backup"
@@ -43,7 +54,11 @@ pub enum DbError {
     )]
     MissingMigration { version: Version, name: String },
     #[error("migration {version} ({name}) failed: {source}")]
-    MigrationFailed { version: Version, name: String, source: rusqlite::Error },
+    MigrationFailed {
+        version: Version,
+        name: String,
+        source: rusqlite::Error,
+    },
 }
 
 fn sqlite_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> DbError + '_ {
@@ -73,10 +88,14 @@ pub fn open_existing(path: &Path) -> Result<Connection, DbError> {
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<(), DbError> {
-    conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite_err(path))?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite_err(path))?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite_err(path))?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite_err(path))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(sqlite_err(path))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite_err(path))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite_err(path))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sqlite_err(path))?;
     Ok(())
 }
 
@@ -102,11 +121,18 @@ impl Migration {
     }
 
     pub fn new(file: &str, sql: String) -> Result<Migration, DbError> {
-        let (version, name) = Self::parse_file_name(file).ok_or_else(|| DbError::BadMigrationName {
-            file: file.to_string(),
-        })?;
+        let (version, name) =
+            Self::parse_file_name(file).ok_or_else(|| DbError::BadMigrationName {
+                file: file.to_string(),
+            })?;
         let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
-        Ok(Migration { version, name, file: file.to_string(), sql, checksum })
+        Ok(Migration {
+            version,
+            name,
+            file: file.to_string(),
+            sql,
+            checksum,
+        })
     }
 
     fn key(&self) -> (&Version, &str) {
@@ -116,7 +142,10 @@ impl Migration {
 
 /// Reads every `V*.sql` in `dir`, sorted by version.
 pub fn load_migrations(dir: &Path) -> Result<Vec<Migration>, DbError> {
-    let read_err = |source| DbError::ReadMigrations { path: dir.to_path_buf(), source };
+    let read_err = |source| DbError::ReadMigrations {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut out: Vec<Migration> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
@@ -135,7 +164,10 @@ fn sort_and_check(mut out: Vec<Migration>) -> Result<Vec<Migration>, DbError> {
     out.sort_by(|a, b| a.key().cmp(&b.key()));
     for w in out.windows(2) {
         if w[0].key() == w[1].key() {
-            return Err(DbError::Duplicate { a: w[0].file.clone(), b: w[1].file.clone() });
+            return Err(DbError::Duplicate {
+                a: w[0].file.clone(),
+                b: w[1].file.clone(),
+            });
         }
     }
     Ok(out)
@@ -170,14 +202,19 @@ impl<'c> MigrationLedger<'c> {
             );"
         ))
         .map_err(sqlite_err(path))?;
-        Ok(MigrationLedger { conn, path: path.to_path_buf() })
+        Ok(MigrationLedger {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Every applied migration, by version.
     pub fn applied(&self) -> Result<Vec<Applied>, DbError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT version, name, checksum, applied_at FROM {LEDGER_TABLE}"))
+            .prepare(&format!(
+                "SELECT version, name, checksum, applied_at FROM {LEDGER_TABLE}"
+            ))
             .map_err(sqlite_err(&self.path))?;
         let rows = stmt
             .query_map([], |r| {
@@ -191,7 +228,12 @@ impl<'c> MigrationLedger<'c> {
                 version: Version::new(0, 0, 0),
                 name: format!("{v} {name}"),
             })?;
-            out.push(Applied { version, name, checksum, applied_at });
+            out.push(Applied {
+                version,
+                name,
+                checksum,
+                applied_at,
+            });
         }
         out.sort_by(|a, b| (&a.version, &a.name).cmp(&(&b.version, &b.name)));
         Ok(out)
@@ -207,7 +249,10 @@ impl<'c> MigrationLedger<'c> {
     pub fn verify(&self, shipped: &[Migration]) -> Result<(), DbError> {
         let applied = self.applied()?;
         for a in &applied {
-            match shipped.iter().find(|m| m.version == a.version && m.name == a.name) {
+            match shipped
+                .iter()
+                .find(|m| m.version == a.version && m.name == a.name)
+            {
                 None => {
                     return Err(DbError::UnknownMigration {
                         version: a.version.clone(),
@@ -228,7 +273,10 @@ impl<'c> MigrationLedger<'c> {
         if let Some(top) = applied.last() {
             let below_top = |m: &&Migration| m.key() < (&top.version, top.name.as_str());
             for m in shipped.iter().filter(below_top) {
-                if !applied.iter().any(|a| a.version == m.version && a.name == m.name) {
+                if !applied
+                    .iter()
+                    .any(|a| a.version == m.version && a.name == m.name)
+                {
                     return Err(DbError::MissingMigration {
                         version: m.version.clone(),
                         name: m.name.clone(),
@@ -250,7 +298,9 @@ impl<'c> MigrationLedger<'c> {
             .iter()
             .filter(|m| {
                 &m.version <= target
-                    && !applied.iter().any(|a| a.version == m.version && a.name == m.name)
+                    && !applied
+                        .iter()
+                        .any(|a| a.version == m.version && a.name == m.name)
             })
             .collect())
     }
@@ -337,11 +387,18 @@ mod tests {
         let s = shipped();
         let applied = ledger.migrate(&s, &Version::new(1, 1, 0)).unwrap();
         assert_eq!(applied.len(), 2);
-        assert_eq!(ledger.schema_version().unwrap(), Some(Version::new(1, 1, 0)));
+        assert_eq!(
+            ledger.schema_version().unwrap(),
+            Some(Version::new(1, 1, 0))
+        );
         let applied = ledger.migrate(&s, &Version::new(1, 2, 0)).unwrap();
         assert_eq!(applied.len(), 1);
-        assert!(ledger.migrate(&s, &Version::new(1, 2, 0)).unwrap().is_empty());
-        conn.execute("INSERT INTO a (x, y) VALUES (1, 'z')", []).unwrap();
+        assert!(ledger
+            .migrate(&s, &Version::new(1, 2, 0))
+            .unwrap()
+            .is_empty());
+        conn.execute("INSERT INTO a (x, y) VALUES (1, 'z')", [])
+            .unwrap();
     }
 
     #[test]
@@ -360,10 +417,17 @@ mod tests {
         assert!(e.to_string().contains("V1.1.0__b.sql"), "{e}");
 
         let older = s[..2].to_vec();
-        assert!(matches!(ledger.verify(&older).unwrap_err(), DbError::UnknownMigration { .. }));
+        assert!(matches!(
+            ledger.verify(&older).unwrap_err(),
+            DbError::UnknownMigration { .. }
+        ));
 
-        conn.execute("DELETE FROM schema_migrations WHERE version = '1.0.0'", []).unwrap();
-        assert!(matches!(ledger.verify(&s).unwrap_err(), DbError::MissingMigration { .. }));
+        conn.execute("DELETE FROM schema_migrations WHERE version = '1.0.0'", [])
+            .unwrap();
+        assert!(matches!(
+            ledger.verify(&s).unwrap_err(),
+            DbError::MissingMigration { .. }
+        ));
     }
 
     #[test]
@@ -380,7 +444,11 @@ mod tests {
         assert!(ledger.migrate(&bad, &Version::new(1, 0, 0)).is_err());
         assert_eq!(ledger.schema_version().unwrap(), None);
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 't'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 0);
     }

@@ -46,11 +46,18 @@ fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .with_context(|| format!("{} is not set in zstack.properties", keys::AGENT_SECRET))?
         .to_string();
-    let state = Arc::new(AgentState { version: release.version.clone(), secret });
+    let state = Arc::new(AgentState {
+        version: release.version.clone(),
+        secret,
+    });
 
-    let authenticated = Router::new()
-        .route("/host/ping", get(health))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_secret));
+    let authenticated =
+        Router::new()
+            .route("/host/ping", get(health))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_secret,
+            ));
     let app = Router::new()
         .route("/health", get(health))
         .merge(authenticated)
@@ -77,7 +84,11 @@ fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
     })
 }
 
-async fn require_secret(State(state): State<Arc<AgentState>>, req: Request, next: Next) -> Response {
+async fn require_secret(
+    State(state): State<Arc<AgentState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let given = req
         .headers()
         .get(AGENT_SECRET_HEADER)

@@ -45,7 +45,9 @@ fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
     let port = Service::Server.port(&props).map_err(anyhow::Error::msg)?;
     check_schema(layout, &release)?;
 
-    let state = Arc::new(ServerState { version: release.version.clone() });
+    let state = Arc::new(ServerState {
+        version: release.version.clone(),
+    });
     let app = Router::new()
         .route("/health", get(health))
         .fallback(unknown_path)

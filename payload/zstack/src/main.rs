@@ -21,7 +21,10 @@ fn main() {
         "zstack-kvmagent" => service(zstack_kvmagent::run()),
         "zstack-ctl" => zstack_ctl::main_with_args(args),
         "zstack-cli" => zstack_cli::main_with_args(
-            args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect(),
+            args.iter()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
         ),
         other => {
             eprintln!(

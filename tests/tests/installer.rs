@@ -1,0 +1,886 @@
+//! The offline installer, end to end: the real `.bin` from `make bin`, run as root.
+//! Most tests install into a --sysroot so they can check every file without touching the host;
+//! the real-install test installs on this host and removes everything afterwards.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zstack_tests::*;
+
+const V: &str = "1.2.0";
+const CRON_LINE: &str = "30 0,12 * * * zstack-ctl dump_mysql --keep-amount 14";
+
+/// A sysroot snapshot without what every run leaves by design: the lock and the installer log.
+fn sysroot_state(root: &Path) -> Snapshot {
+    snapshot(root, &|rel: &Path| {
+        rel.starts_with("run/lock")
+            || rel.starts_with("run") && rel == Path::new("run")
+            || rel.starts_with("var/log/zstack-installer.log")
+            || rel == Path::new("var/log")
+            || rel == Path::new("var")
+            || rel == Path::new("")
+    })
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn sysroot_install_lays_down_every_file_and_a_rerun_changes_nothing() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "--json"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(summary["ok"], true);
+    assert_eq!(summary["version"], V);
+    assert_eq!(summary["changed"], true);
+    assert_eq!(
+        summary["services_started"], false,
+        "a sysroot install starts nothing"
+    );
+
+    let r = |p: &str| root.join(p.trim_start_matches('/'));
+    // Every path of DESIGN.md's "Files on an installed host", with its mode.
+    assert_eq!(
+        mode(&r("/usr/local/zstack/versions/1.2.0/bin/zstack")),
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_link(r("/usr/local/zstack/current")).unwrap(),
+        PathBuf::from("versions/1.2.0")
+    );
+    for name in ["zstack-ctl", "zstack-cli"] {
+        assert_eq!(
+            std::fs::read_link(r(&format!("/usr/bin/{name}"))).unwrap(),
+            PathBuf::from(format!("/usr/local/zstack/current/bin/{name}"))
+        );
+        assert_eq!(
+            std::fs::read_link(r(&format!("/usr/local/zstack/versions/1.2.0/bin/{name}"))).unwrap(),
+            PathBuf::from("zstack")
+        );
+    }
+    let props = std::fs::read_to_string(r("/etc/zstack/zstack.properties")).unwrap();
+    assert_eq!(
+        mode(&r("/etc/zstack/zstack.properties")),
+        0o600,
+        "secrets are root-only"
+    );
+    for key in [
+        "management.server.ip",
+        "management.api.port = 8080",
+        "kvmagent.port = 7070",
+        "kvmagent.secret",
+        "admin.password",
+    ] {
+        assert!(
+            props.contains(key),
+            "zstack.properties lacks {key}:\n{props}"
+        );
+    }
+    assert_eq!(mode(&r("/var/lib/zstack/zstack.db")), 0o600);
+    assert_eq!(mode(&r("/var/lib/zstack/mysql-backup")), 0o700);
+    assert!(r("/var/log/zstack").is_dir());
+
+    // The DB carries the migration ledger at 1.2.0, every shipped migration applied once.
+    let conn = rusqlite::Connection::open(r("/var/lib/zstack/zstack.db")).unwrap();
+    let rows: Vec<(String, String, String)> = conn
+        .prepare("SELECT version, name, checksum FROM schema_migrations ORDER BY version, name")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let shipped: Vec<_> = std::fs::read_dir(repo_root().join("payload/migrations"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        rows.len(),
+        shipped.len(),
+        "every migration applied: {rows:?}"
+    );
+    assert_eq!(rows.last().unwrap().0, "1.2.0");
+    assert!(rows.iter().all(|r| r.2.len() == 64), "checksums recorded");
+    let cache_mode: String = conn
+        .query_row(
+            "SELECT value FROM global_config WHERE category='kvm' AND name='vm.cacheMode'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cache_mode, "none");
+
+    // Units: rendered for the logical paths, enabled as systemctl enable would.
+    let server = std::fs::read_to_string(r("/etc/systemd/system/zstack-server.service")).unwrap();
+    assert!(
+        server.contains("ExecStart=/usr/local/zstack/current/bin/zstack-server\n"),
+        "{server}"
+    );
+    assert!(server.contains("WantedBy=multi-user.target"));
+    let agent = std::fs::read_to_string(r("/etc/systemd/system/zstack-kvmagent.service")).unwrap();
+    assert!(
+        agent.contains("ExecStart=/usr/local/zstack/current/bin/zstack-kvmagent\n"),
+        "{agent}"
+    );
+    assert!(
+        agent.contains("KillMode=process"),
+        "an agent restart must never kill VMs"
+    );
+    for unit in ["zstack-server.service", "zstack-kvmagent.service"] {
+        assert_eq!(mode(&r(&format!("/etc/systemd/system/{unit}"))), 0o644);
+        assert_eq!(
+            std::fs::read_link(r(&format!(
+                "/etc/systemd/system/multi-user.target.wants/{unit}"
+            )))
+            .unwrap(),
+            PathBuf::from(format!("/etc/systemd/system/{unit}"))
+        );
+    }
+    // Root's crontab (Debian's spool inside the sysroot) has the line exactly once.
+    let cron = std::fs::read_to_string(r("/var/spool/cron/crontabs/root")).unwrap();
+    assert_eq!(cron, format!("{CRON_LINE}\n"));
+
+    // A second run changes nothing and says so.
+    let before = sysroot_state(&root);
+    let out = ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "--json"],
+    ));
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["changed"], false, "{out}");
+    assert!(
+        again["admin_password"].is_null(),
+        "the password is printed once only"
+    );
+    assert!(again["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["outcome"].as_str().unwrap().starts_with("unchanged")));
+    assert_eq!(diff(&before, &sysroot_state(&root)), Vec::<String>::new());
+    let o = run(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]));
+    assert!(text(&o).contains("Nothing to change"), "{}", text(&o));
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn a_rerun_keeps_the_operators_edits() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    ok(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "-q"]));
+    let props_path = root.join("etc/zstack/zstack.properties");
+    let cron_path = root.join("var/spool/cron/crontabs/root");
+    // The operator sets an IP, adds a comment, drops a key; edits the cron schedule, adds a job.
+    let props = std::fs::read_to_string(&props_path).unwrap();
+    let edited: String = props
+        .lines()
+        .filter(|l| !l.starts_with("kvmagent.port"))
+        .map(|l| {
+            if l.starts_with("management.server.ip") {
+                "management.server.ip = 10.1.2.3".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect::<String>()
+        + "# my note\n";
+    std::fs::write(&props_path, &edited).unwrap();
+    let cron = "MAILTO=ops\n15 3 * * * zstack-ctl dump_mysql --keep-amount 30\n0 1 * * * /usr/local/bin/rotate\n";
+    std::fs::write(&cron_path, cron).unwrap();
+
+    ok(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "-q"]));
+    let after = std::fs::read_to_string(&props_path).unwrap();
+    assert!(after.contains("management.server.ip = 10.1.2.3"), "{after}");
+    assert!(after.contains("# my note"), "{after}");
+    assert!(
+        after.contains("kvmagent.port = 7070"),
+        "the missing key is added back: {after}"
+    );
+    assert!(after.starts_with(
+        &edited[..edited.find("# my note").unwrap()]
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    ));
+    assert_eq!(mode(&props_path), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&cron_path).unwrap(),
+        cron,
+        "the operator's cron edits are kept"
+    );
+}
+
+/// Flips one byte of a copy of the .bin at `offset`.
+fn flipped_copy(bin: &Path, dir: &Path, offset: u64) -> PathBuf {
+    let mut bytes = std::fs::read(bin).unwrap();
+    bytes[offset as usize] ^= 0x5a;
+    let p = dir.join(format!("flip-{offset}.bin"));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn assert_refused_changing_nothing(bin: &Path, what: &str) {
+    let o = run(bin_cmd(bin, &["--check"]));
+    assert!(!o.status.success(), "--check accepted {what}: {}", text(&o));
+    let root = tempfile::tempdir().unwrap();
+    let sysroot = root.path().join("root");
+    let o = run(bin_cmd(bin, &["--sysroot", sysroot.to_str().unwrap()]));
+    assert!(
+        !o.status.success(),
+        "an install accepted {what}: {}",
+        text(&o)
+    );
+    let msg = text(&o);
+    assert!(
+        msg.contains("damaged")
+            || msg.contains("truncated")
+            || msg.contains("appended")
+            || msg.contains("copy"),
+        "{what}: the message must say the file is damaged: {msg}"
+    );
+    assert!(
+        !sysroot.exists(),
+        "{what}: the refused install created {}",
+        sysroot.display()
+    );
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn any_flipped_byte_a_truncated_file_or_appended_bytes_are_refused() {
+    require_root();
+    let bin = bin_path(V);
+    let t = trailer_fields(&bin);
+    let n = |k: &str| t[k].parse::<u64>().unwrap();
+    let (header, installer, payload, total) = (
+        n("header_size"),
+        n("installer_size"),
+        n("payload_size"),
+        n("total_size"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A byte in each part: the header's offsets, its padding, the installer, the payload, the
+    // trailer's fields and its padding.
+    let header_text =
+        String::from_utf8_lossy(&std::fs::read(&bin).unwrap()[..header as usize]).into_owned();
+    let sha_at = header_text.find("ZS_INSTALLER_SHA256=").unwrap() as u64 + 25;
+    let offsets = [
+        ("header (installer checksum)", sha_at),
+        ("header (padding)", header - 10),
+        ("installer (start)", header + 1),
+        ("installer (middle)", header + installer / 2),
+        ("payload (start)", header + installer + 3),
+        ("payload (middle)", header + installer + payload / 2),
+        ("payload (end)", header + installer + payload - 1),
+        ("trailer (fields)", total - 1024 + 40),
+        ("trailer (padding)", total - 200),
+        ("trailer (checksum)", total - 5),
+    ];
+    for (what, off) in offsets {
+        assert_refused_changing_nothing(&flipped_copy(&bin, dir.path(), off), what);
+    }
+    let bytes = std::fs::read(&bin).unwrap();
+    let truncated = dir.path().join("truncated.bin");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 4000]).unwrap();
+    assert_refused_changing_nothing(&truncated, "a truncated file");
+    let o = run(bin_cmd(&truncated, &["--check"]));
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+    let appended = dir.path().join("appended.bin");
+    let mut more = bytes.clone();
+    more.extend_from_slice(b"garbage\n");
+    std::fs::write(&appended, &more).unwrap();
+    assert_refused_changing_nothing(&appended, "appended bytes");
+    let o = run(bin_cmd(&appended, &["--check"]));
+    assert!(text(&o).contains("8 bytes appended"), "{}", text(&o));
+    // The intact file passes, under sh and when executed directly too.
+    ok(bin_cmd(&bin, &["--check"]));
+    ok(Command::new("sh").arg(&bin).arg("--check"));
+    ok(Command::new(&bin).arg("--check"));
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn read_only_modes_need_no_root_and_change_nothing() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let copy = dir.path().join("z.bin");
+    std::fs::copy(&bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+            .arg(&copy)
+            .args(args);
+        c.env("TMPDIR", dir.path());
+        c
+    };
+    let before = host_snapshot();
+    assert!(ok(&mut nobody(&["--check"])).contains("OK"));
+    let info = ok(&mut nobody(&["--info"]));
+    for field in [
+        "product:",
+        "version:          1.2.0",
+        "build date:",
+        "sha256",
+    ] {
+        assert!(info.contains(field), "{info}");
+    }
+    let list = ok(&mut nobody(&["--list"]));
+    assert!(
+        list.contains("bin/zstack")
+            && list.contains("migrations/V1.2.0__")
+            && list.contains("templates/systemd/zstack-server.service.tera"),
+        "{list}"
+    );
+    let out = dir.path().join("tree");
+    ok(&mut nobody(&["--extract", out.to_str().unwrap()]));
+    assert!(
+        out.join("bin/zstack").is_file()
+            && out.join("MANIFEST").is_file()
+            && out.join("release.json").is_file()
+    );
+    let plan = ok(&mut nobody(&[
+        "--dry-run",
+        "--sysroot",
+        dir.path().join("sr").to_str().unwrap(),
+    ]));
+    assert!(plan.contains("Plan (dry run"), "{plan}");
+    assert!(!dir.path().join("sr").exists(), "--dry-run changed nothing");
+    // --extract into a non-empty directory is refused.
+    let o = run(&mut nobody(&["--extract", out.to_str().unwrap()]));
+    assert!(
+        !o.status.success() && text(&o).contains("not empty"),
+        "{}",
+        text(&o)
+    );
+    // Nothing is left in TMPDIR by any run.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("zstack-installer."))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary directories left: {leftovers:?}"
+    );
+    assert_eq!(diff(&before, &host_snapshot()), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn unknown_options_are_an_error_and_help_lists_every_option() {
+    require_root();
+    let bin = bin_path(V);
+    let o = run(bin_cmd(&bin, &["--bogus"]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--bogus"), "{}", text(&o));
+    let help = ok(bin_cmd(&bin, &["-h"]));
+    for opt in [
+        "--check",
+        "--info",
+        "--list",
+        "--extract",
+        "-r <DIR>",
+        "-I <IP>",
+        "-z",
+        "-D",
+        "-k",
+        "-F",
+        "-q",
+        "-d",
+        "--sysroot",
+        "--dry-run",
+        "--json",
+        "--host-only",
+    ] {
+        assert!(help.contains(opt), "-h does not list {opt}:\n{help}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn tmpdir_on_a_noexec_mount_still_works_and_nothing_is_left_behind() {
+    require_root();
+    let bin = bin_path(V);
+    let noexec = TmpfsMount::new("noexec,size=64m");
+    let o = run(bin_cmd(&bin, &["--check"]).env("TMPDIR", noexec.path()));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot run a program from"),
+        "the fallback is reported: {}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(noexec.path()).unwrap().count(),
+        0,
+        "nothing left in TMPDIR"
+    );
+    // A failing run cleans up too.
+    let private = tempfile::tempdir().unwrap();
+    let o = run(bin_cmd(&bin, &["--extract", "/proc/no/such/dir"]).env("TMPDIR", private.path()));
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_dir(private.path()).unwrap().count(),
+        0,
+        "nothing left after a failure"
+    );
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn ctrl_c_rolls_back_and_cleans_up() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let root = dir.path().join("root");
+    let child = bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()])
+        .env("TMPDIR", &tmp)
+        .env("ZSTACK_FAILPOINT", "config:pause")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let props = root.join("etc/zstack/zstack.properties");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !props.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the installer never reached the config step"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("put back"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sysroot_state(&root),
+        Snapshot::new(),
+        "everything the run made is removed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the temporary directory is removed"
+    );
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn a_failure_at_any_step_leaves_the_host_as_it_was() {
+    require_root();
+    let bin = bin_path(V);
+    for step in [
+        "unpack", "current", "links", "config", "database", "units", "cron",
+    ] {
+        // On a fresh host: nothing is left.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let o = run(
+            bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]).env("ZSTACK_FAILPOINT", step)
+        );
+        assert_eq!(o.status.code(), Some(1), "{step}: {}", text(&o));
+        assert!(
+            text(&o).contains("failed") && text(&o).contains(step),
+            "{step}: the message names the step: {}",
+            text(&o)
+        );
+        assert_eq!(sysroot_state(&root), Snapshot::new(), "{step}: leftovers");
+
+        // Over an install the operator changed: every change is put back.
+        ok(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "-q"]));
+        let props = root.join("etc/zstack/zstack.properties");
+        let text_props = std::fs::read_to_string(&props)
+            .unwrap()
+            .replace("kvmagent.port = 7070\n", "");
+        std::fs::write(&props, text_props).unwrap();
+        std::fs::write(
+            root.join("var/spool/cron/crontabs/root"),
+            "0 1 * * * /bin/true\n",
+        )
+        .unwrap();
+        std::fs::remove_file(root.join("etc/systemd/system/zstack-server.service")).unwrap();
+        std::fs::remove_file(root.join("usr/bin/zstack-cli")).unwrap();
+        let before = sysroot_state(&root);
+        let o = run(
+            bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]).env("ZSTACK_FAILPOINT", step)
+        );
+        assert_eq!(o.status.code(), Some(1), "{step}: {}", text(&o));
+        assert_eq!(
+            diff(&before, &sysroot_state(&root)),
+            Vec::<String>::new(),
+            "{step}: not rolled back"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn a_second_installer_is_refused_and_names_the_first() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut first = bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()])
+        .env("ZSTACK_FAILPOINT", "unpack:pause")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let lock = root.join("run/lock/zstack-installer.lock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let pid = std::fs::read_to_string(&lock).unwrap_or_default();
+        if !pid.trim().is_empty() && root.join("usr/local/zstack/versions/1.2.0").exists() {
+            break pid.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first installer never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let before = sysroot_state(&root);
+    let o = run(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("another ZStack installer is running")
+            && text(&o).contains(&format!("pid {holder}")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(diff(&before, &sysroot_state(&root)), Vec::<String>::new());
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    first.wait().unwrap();
+    assert_eq!(sysroot_state(&root), Snapshot::new());
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn an_unsupported_os_is_refused_with_the_supported_list() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for (os, ver) in [
+        ("debian", "11"),
+        ("ubuntu", "20.04"),
+        ("centos", "7"),
+        ("opensuse-leap", "15.5"),
+    ] {
+        let f = dir.path().join(format!("os-release-{os}"));
+        std::fs::write(
+            &f,
+            format!("ID={os}\nVERSION_ID=\"{ver}\"\nPRETTY_NAME=\"{os} {ver}\"\n"),
+        )
+        .unwrap();
+        let o =
+            run(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]).env("ZSTACK_OS_RELEASE", &f));
+        assert_eq!(o.status.code(), Some(1));
+        let msg = text(&o);
+        assert!(
+            msg.contains(&format!("{os} {ver} is not supported"))
+                && msg.contains("Debian 12+")
+                && msg.contains("Rocky"),
+            "{msg}"
+        );
+        assert!(!root.exists(), "refused runs change nothing");
+    }
+    for (os, ver) in [("ubuntu", "22.04"), ("rocky", "9.4"), ("almalinux", "8.10")] {
+        let f = dir.path().join(format!("os-release-{os}"));
+        std::fs::write(&f, format!("ID={os}\nVERSION_ID=\"{ver}\"\n")).unwrap();
+        let o = run(
+            bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "--dry-run"])
+                .env("ZSTACK_OS_RELEASE", &f),
+        );
+        assert!(o.status.success(), "{os} {ver} is supported: {}", text(&o));
+    }
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn too_little_disk_is_refused() {
+    require_root();
+    let bin = bin_path(V);
+    let small = TmpfsMount::new("size=4m");
+    let o = run(bin_cmd(
+        &bin,
+        &["--sysroot", small.path().to_str().unwrap()],
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("not enough free disk space"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(small.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// A PATH holding every program of this host but `missing`.
+fn path_without(missing: &str, dir: &Path) -> String {
+    let farm = dir.join("bin");
+    std::fs::create_dir_all(&farm).unwrap();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name == missing || farm.join(&name).exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), farm.join(&name));
+        }
+    }
+    farm.display().to_string()
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn a_missing_tool_not_root_and_a_busy_port_are_refused_on_the_real_host() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let before = host_snapshot();
+
+    // A missing system tool: named with the package to install.
+    let o = run(bin_cmd(&bin, &["-z"]).env("PATH", path_without("dnsmasq", dir.path())));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("dnsmasq is not installed: install package dnsmasq-base"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(diff(&before, &host_snapshot()), Vec::<String>::new());
+
+    // Not root.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("z.bin");
+    std::fs::copy(&bin, &copy).unwrap();
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+        .arg(&copy)
+        .env("TMPDIR", "/tmp"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("must run as root"), "{}", text(&o));
+    assert_eq!(diff(&before, &host_snapshot()), Vec::<String>::new());
+
+    // A port in use, in a namespace of the test's own; every problem is reported together.
+    let ns = NetNs::new("zst-port");
+    let mut holder = ns
+        .cmd("python3")
+        .args(["-c", "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8080))\ns.listen()\nprint('up',flush=True)\ntime.sleep(60)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let o = run(ns
+        .cmd("bash")
+        .arg(&bin)
+        .env("PATH", path_without("dnsmasq", &dir.path().join("p2"))));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let msg = text(&o);
+    assert!(
+        msg.contains("port 8080") && msg.contains("in use by pid") && msg.contains("python3"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("dnsmasq is not installed"),
+        "all problems together: {msg}"
+    );
+    assert_eq!(diff(&before, &host_snapshot()), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test; installs on this host and removes it"]
+fn a_real_install_starts_answers_and_stops() {
+    require_root();
+    assert!(
+        !installed_on_host(),
+        "ZStack is already installed on this host; this test installs for real and would remove it afterwards"
+    );
+    let _cleanup = HostInstallGuard;
+    let bin = bin_path(V);
+
+    // A failure at the last step (start) puts everything back, services stopped.
+    let before = host_snapshot();
+    let o = run(bin_cmd(&bin, &["-I", "127.0.0.1"]).env("ZSTACK_FAILPOINT", "start"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        diff(&before, &host_snapshot()),
+        Vec::<String>::new(),
+        "a failed start is rolled back"
+    );
+    assert!(
+        ureq_health(8080).is_err(),
+        "the management node was stopped by the rollback"
+    );
+
+    let out = ok(bin_cmd(&bin, &["-I", "127.0.0.1", "--json"]));
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["services_started"], true);
+    assert_eq!(summary["init"], "supervisor", "systemd is not PID 1 here");
+    assert_eq!(summary["api_url"], "http://127.0.0.1:8080");
+    let h = ureq_health(8080).expect("the management node answers");
+    assert!(
+        h.contains("\"service\":\"zstack-server\"") && h.contains("1.2.0"),
+        "{h}"
+    );
+    ureq_health(7070).expect("the agent answers");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    for s in status["services"].as_array().unwrap() {
+        assert_eq!(s["running"], true, "{status}");
+        assert_eq!(s["health"]["version"], "1.2.0", "{status}");
+    }
+    assert_eq!(status["api"], "http://127.0.0.1:8080");
+    let human = ok(Command::new("zstack-ctl").arg("status"));
+    assert!(human.contains("supervised by zstack-ctl"), "{human}");
+
+    // The units pass systemd-analyze verify with the binaries in place.
+    for unit in ["zstack-server.service", "zstack-kvmagent.service"] {
+        let o = run(Command::new("systemd-analyze")
+            .args(["verify", &format!("/etc/systemd/system/{unit}")]));
+        let msg = text(&o);
+        assert!(o.status.success(), "systemd-analyze verify {unit}: {msg}");
+        assert!(!msg.contains(unit), "warnings about {unit}: {msg}");
+    }
+
+    // The crontab line, once.
+    let cron = ok(Command::new("crontab").arg("-l"));
+    assert_eq!(cron.matches("zstack-ctl dump_mysql").count(), 1, "{cron}");
+    assert!(cron.contains(CRON_LINE));
+
+    // A re-run changes nothing: the services keep their pids.
+    let pids = |s: &serde_json::Value| -> Vec<u64> {
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["pid"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let again: serde_json::Value = serde_json::from_str(&ok(bin_cmd(&bin, &["--json"]))).unwrap();
+    assert_eq!(again["changed"], false, "{again}");
+    let status2: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    assert_eq!(pids(&status), pids(&status2));
+
+    // The supervisor restarts a service that dies.
+    let server_pid = status["services"][0]["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"])))
+                .unwrap();
+        let p = s["services"][0]["pid"].as_u64();
+        if s["services"][0]["health"]["status"] == "ok"
+            && p.is_some()
+            && p != Some(server_pid as u64)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the management node was not restarted: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // zstack-ctl stop stops both; status says so; start brings them back.
+    ok(Command::new("zstack-ctl").arg("stop"));
+    let stopped: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    for s in stopped["services"].as_array().unwrap() {
+        assert_eq!(s["running"], false, "{stopped}");
+    }
+    assert!(ok(Command::new("zstack-ctl").arg("status")).contains("stopped"));
+    assert!(ureq_health(8080).is_err());
+    ok(Command::new("zstack-ctl").arg("start"));
+    ureq_health(8080).expect("answers after start");
+    ok(Command::new("zstack-ctl").args(["stop", "--service", "zstack-server"]));
+    assert!(ureq_health(8080).is_err());
+    ureq_health(7070).expect("the agent still runs");
+}
+
+/// GET /health on a local port with curl (the tests have no HTTP client of their own).
+fn ureq_health(port: u16) -> Result<String, String> {
+    let o = run(Command::new("curl").args([
+        "-sf",
+        "--max-time",
+        "3",
+        &format!("http://127.0.0.1:{port}/health"),
+    ]));
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(text(&o))
+    }
+}
