@@ -19,8 +19,9 @@ bin:
 		--templates templates --migrations payload/migrations --header scripts/header.sh \
 		--out $(BIN)
 
-## make install: build the .bin and install and start the stack on this host (as root)
+## make install: install the runtime packages, build the .bin, install and start the stack (as root)
 install: bin
+	bash scripts/install-test-packages.sh runtime
 	bash $(BIN)
 
 ## make test: every tier (unit; then, as root, integration and end-to-end)

@@ -1,30 +1,30 @@
 #!/bin/sh
-# Installs every Debian 12 package the test suite and `make install` need on a fresh machine.
-# Used by .ci/run; safe to run again.
+# Installs the Debian 12 packages ZStack needs on this host.
+#   scripts/install-test-packages.sh runtime   what the stack runs on (qemu, libvirt, dnsmasq, nftables, ...)
+#   scripts/install-test-packages.sh           that, plus what the test suite and benchmarks use
+# Used by `make install` (runtime) and .ci/run (all). Safe to run again.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 
-# Some machines carry qemu-utils from bookworm-backports, which Breaks bookworm's qemu-system-common.
-# Pin the qemu packages to one suite so they always agree.
-QEMU_SUITE=bookworm
+# Some machines carry qemu-utils from bookworm-backports, which Breaks bookworm's
+# qemu-system-common: pin both to bookworm so they always agree.
 if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
-    # Downgrade to the bookworm build so qemu-system-x86 can be installed beside it.
-    QEMU_PIN="qemu-utils/$QEMU_SUITE qemu-block-extra/$QEMU_SUITE"
+    QEMU_UTILS="qemu-utils/bookworm qemu-block-extra/bookworm"
 else
-    QEMU_PIN="qemu-utils"
+    QEMU_UTILS="qemu-utils"
 fi
 
+RUNTIME="$QEMU_UTILS qemu-system-x86 libvirt-daemon-system libvirt-clients dnsmasq-base
+    nftables iptables iproute2 cron sqlite3 procps ca-certificates"
+TEST="makeself hyperfine systemd systemd-container debootstrap util-linux e2fsprogs psmisc kmod
+    curl gzip zstd xz-utils python3"
+
+case "${1:-all}" in
+    runtime) PACKAGES=$RUNTIME ;;
+    all) PACKAGES="$RUNTIME $TEST" ;;
+    *) echo "usage: $0 [runtime|all]" >&2; exit 2 ;;
+esac
+
 # shellcheck disable=SC2086
-apt-get install -y -q --no-install-recommends --allow-downgrades \
-    $QEMU_PIN \
-    qemu-system-x86 \
-    libvirt-daemon-system libvirt-clients \
-    dnsmasq-base \
-    nftables iptables iproute2 \
-    cron \
-    sqlite3 \
-    makeself \
-    systemd systemd-container debootstrap \
-    util-linux e2fsprogs procps psmisc kmod \
-    curl ca-certificates gzip zstd xz-utils
+apt-get install -y -q --no-install-recommends --allow-downgrades $PACKAGES
