@@ -1,8 +1,11 @@
 //! `zstack-ctl`, the operator's tool: start, stop and watch the services, install the backup
 //! cron line, and (in later commands) back up, restore and upgrade the database.
 
+pub mod backup;
+pub mod configure;
 pub mod cron;
 pub mod lifecycle;
+pub mod restore;
 
 use std::path::Path;
 
@@ -41,6 +44,43 @@ enum Cmd {
     Status,
     /// Print the version of this program and of the installed release.
     Version,
+    /// Back up the database and zstack.properties (consistent while the node runs), verified, rotated.
+    #[command(name = "dump_mysql")]
+    DumpMysql {
+        /// The filename you want to save the database, default is 'zstack-backup-db'
+        #[arg(long = "file-name", value_name = "FILE_NAME", default_value = backup::DEFAULT_FILE_NAME)]
+        file_name: String,
+        /// The amount of backup files you want to keep, older backup files will be deleted, default number is 60
+        #[arg(long = "keep-amount", value_name = "KEEP_AMOUNT", default_value_t = backup::DEFAULT_KEEP_AMOUNT)]
+        keep_amount: usize,
+    },
+    /// Restore a backup made by dump_mysql (.zst or .gz): verified first, the current DB backed up first.
+    #[command(name = "restore_mysql")]
+    RestoreMysql {
+        /// The backup file.
+        #[arg(long = "from-file", value_name = "FILE")]
+        from_file: std::path::PathBuf,
+    },
+    /// Set keys of zstack.properties: zstack-ctl configure key=value ...
+    Configure { pairs: Vec<String> },
+    /// Print zstack.properties (secrets masked unless --show-secrets).
+    #[command(name = "show_configuration")]
+    ShowConfiguration {
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Print the end of a service's log and follow it.
+    Taillog {
+        /// zstack-server (default) or zstack-kvmagent.
+        #[arg(long, default_value = "zstack-server")]
+        service: String,
+        /// Lines to print first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
     /// Add the periodic dump_mysql line to root's crontab, unless one is there.
     #[command(name = "install_cron")]
     InstallCron,
@@ -171,8 +211,131 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Supervise { service } => lifecycle::supervise(&layout, parse_service(&service)?)?,
+        Cmd::DumpMysql {
+            file_name,
+            keep_amount,
+        } => {
+            let r = backup::dump(&layout, &file_name, keep_amount)?;
+            if json {
+                println!("{}", json!({"ok": true, "backup": r}));
+            } else {
+                println!(
+                    "backup written and verified: {} ({})",
+                    r.file.display(),
+                    human_size(r.size)
+                );
+                if !r.removed.is_empty() {
+                    println!(
+                        "removed {} older backup(s) named {file_name} (keeping {keep_amount})",
+                        r.removed.len()
+                    );
+                }
+            }
+        }
+        Cmd::RestoreMysql { from_file } => {
+            let r = restore::restore(&layout, &from_file)?;
+            if json {
+                println!("{}", json!({"ok": true, "restore": r}));
+            } else {
+                println!("restored {} (made {})", r.from.display(), r.meta.created);
+                if let Some(s) = &r.safety_backup {
+                    println!(
+                        "the database as it was before is backed up in {}",
+                        s.display()
+                    );
+                }
+                if let Some(v) = &r.migrated_from {
+                    println!("migrated the restored database from schema {v}");
+                }
+                if r.restarted {
+                    println!("the management node was restarted");
+                }
+            }
+        }
+        Cmd::Configure { pairs } => {
+            let changed = configure::configure(&layout, &pairs)?;
+            if json {
+                println!("{}", json!({"ok": true, "changed": changed}));
+            } else if changed.is_empty() {
+                println!("nothing changed: the values were already set");
+            } else {
+                println!(
+                    "set {}; restart to apply: zstack-ctl restart",
+                    changed.join(", ")
+                );
+            }
+        }
+        Cmd::ShowConfiguration { show_secrets } => {
+            let entries = configure::show(&layout, show_secrets)?;
+            if json {
+                let m: serde_json::Map<_, _> = entries
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                println!("{}", json!({"ok": true, "properties": m}));
+            } else {
+                for (k, v) in entries {
+                    println!("{k} = {v}");
+                }
+            }
+        }
+        Cmd::Taillog {
+            service,
+            lines,
+            no_follow,
+        } => {
+            let s = parse_service(&service)?;
+            taillog(&layout.host(s.log_file(&layout)), lines, !no_follow)?;
+        }
     }
     Ok(())
+}
+
+fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn human_size(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / 1048576.0)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+/// Prints the last `lines` lines of `path`, then (with `follow`) what is appended, until killed.
+fn taillog(path: &Path, lines: usize, follow: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    println!("{}", lifecycle::tail(path, lines));
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = f.seek(SeekFrom::End(0))?;
+    let mut buf = Vec::new();
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            // Truncated or rotated: start from the top of the new file.
+            f = std::fs::File::open(path)?;
+            pos = 0;
+        }
+        if len > pos {
+            f.seek(SeekFrom::Start(pos))?;
+            buf.clear();
+            Read::by_ref(&mut f).take(len - pos).read_to_end(&mut buf)?;
+            pos = len;
+            std::io::stdout().write_all(&buf)?;
+            std::io::stdout().flush()?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 fn secs(s: u64) -> std::time::Duration {
@@ -237,6 +400,12 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
         .ok();
     let db = layout.host(layout.db_file());
     let db_size = std::fs::metadata(&db).ok().map(|m| m.len());
+    let last_backup = backup::latest_backup(&layout.host(layout.backup_dir()));
+    let backup_age = last_backup.as_ref().map(|b| {
+        (chrono::Local::now().naive_local() - b.taken)
+            .num_seconds()
+            .max(0)
+    });
     if json {
         println!(
             "{}",
@@ -246,6 +415,7 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
                 "init": init,
                 "api": api,
                 "db": {"path": db, "size": db_size},
+                "last_backup": last_backup.as_ref().map(|b| json!({"path": b.path, "age_seconds": backup_age})),
                 "services": statuses,
             })
         );
@@ -285,6 +455,15 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
                 size as f64 / 1048576.0
             ),
             None => println!("{:<17} {} (missing)", "database:", db.display()),
+        }
+        match (&last_backup, backup_age) {
+            (Some(b), Some(age)) => println!(
+                "{:<17} {} ({} ago)",
+                "last backup:",
+                b.path.display(),
+                human_age(age)
+            ),
+            _ => println!("{:<17} none yet (zstack-ctl dump_mysql)", "last backup:"),
         }
     }
     Ok(())
