@@ -978,6 +978,8 @@ impl Run<'_> {
                 "unchanged: all services are running and answering".into(),
             ));
         }
+        // /run/zstack (pid and lock files) goes too if this run made it.
+        self.mkdirs(&l.host(l.run_dir()), 0o755)?;
         self.undo.push(Undo::Stop(to_start.clone()));
         if init == InitSystem::Supervisor {
             rep.detail("systemd is not PID 1: zstack-ctl supervises the services");

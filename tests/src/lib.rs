@@ -139,6 +139,7 @@ pub const HOST_PATHS: &[&str] = &[
     "/etc/systemd/system/zstack-server.service",
     "/etc/systemd/system/zstack-kvmagent.service",
     "/etc/systemd/system/multi-user.target.wants",
+    "/run/zstack",
 ];
 
 /// A snapshot of the host's ZStack paths and root's crontab.
@@ -185,6 +186,7 @@ pub fn uninstall_from_host() {
         };
     }
     let _ = std::fs::remove_file("/var/log/zstack-installer.log");
+    let _ = std::fs::remove_dir_all("/run/zstack");
     let cron = run(Command::new("crontab").args(["-l"]));
     if cron.status.success() {
         let kept: String = String::from_utf8_lossy(&cron.stdout)
