@@ -884,3 +884,110 @@ fn ureq_health(port: u16) -> Result<String, String> {
         Err(text(&o))
     }
 }
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn host_only_install_root_drop_db_and_bad_ip() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+
+    // --host-only: the agent alone; no database, no server unit, no cron line.
+    let root = dir.path().join("agent");
+    let out = ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "--host-only", "--json"],
+    ));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["mode"], "host-only");
+    assert!(root
+        .join("etc/systemd/system/zstack-kvmagent.service")
+        .exists());
+    assert!(!root
+        .join("etc/systemd/system/zstack-server.service")
+        .exists());
+    assert!(!root.join("var/lib/zstack/zstack.db").exists());
+    assert!(!root.join("var/spool/cron/crontabs/root").exists());
+    assert!(
+        std::fs::read_to_string(root.join("etc/zstack/zstack.properties"))
+            .unwrap()
+            .contains("kvmagent.secret")
+    );
+
+    // -r DIR: everything points into the other install root.
+    let root = dir.path().join("opt");
+    ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "-r", "/opt/zs", "-q"],
+    ));
+    assert!(root.join("opt/zs/versions/1.2.0/bin/zstack").is_file());
+    assert_eq!(
+        std::fs::read_link(root.join("usr/bin/zstack-ctl")).unwrap(),
+        PathBuf::from("/opt/zs/current/bin/zstack-ctl")
+    );
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/zstack-server.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/opt/zs/current/bin/zstack-server"),
+        "{unit}"
+    );
+
+    // -D: the old database is kept aside in mysql-backup, a new one made.
+    let db = root.join("var/lib/zstack/zstack.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE marker (x INTEGER); INSERT INTO marker VALUES (42);")
+            .unwrap();
+    }
+    let out = ok(bin_cmd(
+        &bin,
+        &[
+            "--sysroot",
+            root.to_str().unwrap(),
+            "-r",
+            "/opt/zs",
+            "-D",
+            "--json",
+        ],
+    ));
+    assert!(out.contains("the old database was moved to"), "{out}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name='marker'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "a new database");
+    let dropped: Vec<_> = std::fs::read_dir(root.join("var/lib/zstack/mysql-backup"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("zstack-dropped-")
+        })
+        .collect();
+    assert_eq!(dropped.len(), 1, "the dropped DB is kept");
+    let old = rusqlite::Connection::open(dropped[0].path()).unwrap();
+    let x: i64 = old
+        .query_row("SELECT x FROM marker", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(x, 42);
+
+    // -D and -k together, a bad -I, a relative -r: refused, nothing changed.
+    let fresh = dir.path().join("fresh");
+    for args in [
+        vec!["-D", "-k"],
+        vec!["-I", "10.0.0.300"],
+        vec!["-r", "relative/root"],
+    ] {
+        let mut a = vec!["--sysroot", fresh.to_str().unwrap()];
+        a.extend(args.iter().copied());
+        let o = run(bin_cmd(&bin, &a));
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("preflight found"), "{}", text(&o));
+        assert!(!fresh.exists());
+    }
+}
