@@ -5,23 +5,37 @@
 //! pending migrations is left to the installer or `zstack-ctl upgrade_db`, and a DB changed
 //! behind the ledger's back is never served.
 
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod globalconfig;
+pub mod query;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
+use axum::extract::Path as UrlPath;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use zstack_common::health::Health;
 use zstack_common::logfile::LogFile;
-use zstack_common::service::Service;
+use zstack_common::service::{keys, Service};
 use zstack_common::{Layout, Properties, Release, PRODUCT};
 
 struct ServerState {
     version: String,
+    db: Mutex<rusqlite::Connection>,
+}
+
+/// A new resource uuid, in the original's form: 32 hex digits.
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Runs the management node until SIGTERM or SIGINT.
@@ -44,12 +58,23 @@ fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
     let props = Properties::load(&layout.host(layout.properties_file()))?;
     let port = Service::Server.port(&props).map_err(anyhow::Error::msg)?;
     check_schema(layout, &release)?;
+    let db_path = layout.host(layout.db_file());
+    let conn = zstack_db::open_existing(&db_path)?;
+    globalconfig::seed(&conn).map_err(|e| anyhow::anyhow!(e.message))?;
+    if let Some(pw) = props.get(keys::ADMIN_PASSWORD).filter(|p| !p.is_empty()) {
+        if auth::ensure_admin(&conn, pw).map_err(|e| anyhow::anyhow!(e.message))? {
+            log.info("created the admin account from zstack.properties");
+        }
+    }
 
     let state = Arc::new(ServerState {
         version: release.version.clone(),
+        db: Mutex::new(conn),
     });
     let app = Router::new()
         .route("/health", get(health))
+        .route("/v1/apis", get(api_reference))
+        .route("/v1/api/:name", post(call_api))
         .fallback(unknown_path)
         .with_state(state);
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
@@ -115,6 +140,57 @@ async fn health(State(state): State<Arc<ServerState>>) -> Json<Health> {
         status: "ok".to_string(),
         pid: std::process::id(),
     })
+}
+
+async fn api_reference() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "apis": api::reference() }))
+}
+
+/// `POST /v1/api/<Name>`: checks the call and its parameters, the session where one is needed,
+/// then runs the handler on the blocking pool against the DB.
+async fn call_api(
+    State(state): State<Arc<ServerState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = (|| {
+        let spec = api::find(&name)?;
+        let params: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                error::ApiError::invalid("body", format!("the body must be a JSON object: {e}"))
+            })?
+        };
+        api::check_params(spec, &params)?;
+        let session = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("OAuth "))
+            .map(|v| v.trim().to_string());
+        Ok::<_, error::ApiError>((spec, params, session))
+    })();
+    let (spec, params, session) = match result {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = tokio::task::spawn_blocking(move || {
+        let conn = state.db.lock().map_err(|_| error::ApiError::internal("the database lock is poisoned"))?;
+        if spec.needs_session {
+            let s = session.as_deref().ok_or_else(|| {
+                error::ApiError::unauthorized("this call needs a session: log in with LogInByAccount and send Authorization: OAuth <session uuid>")
+            })?;
+            auth::check_session(&conn, s)?;
+        }
+        (spec.handler)(&api::Call { conn: &conn, params: &params, session })
+    })
+    .await;
+    match outcome {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => error::ApiError::internal(format!("the call failed: {e}")).into_response(),
+    }
 }
 
 async fn unknown_path(uri: axum::http::Uri) -> Response {

@@ -1,0 +1,125 @@
+//! Global configuration: every config is declared once here, with its type, default,
+//! description and validator. Values live in the `global_config` table; a change is read by the
+//! next operation that uses it (the next VM start or volume attach for `kvm/vm.cacheMode`).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::ApiError;
+
+pub struct GlobalConfigDef {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub default: &'static str,
+    pub description: &'static str,
+    /// The allowed values, for enumerations.
+    pub allowed: &'static [&'static str],
+    /// Inclusive range, for integers.
+    pub range: Option<(i64, i64)>,
+}
+
+pub const DEFS: &[GlobalConfigDef] = &[
+    GlobalConfigDef {
+        category: "kvm",
+        name: "vm.cacheMode",
+        kind: "enum",
+        default: "none",
+        description: "libvirt disk cache mode of VMs started or volumes attached after a change: none, writethrough or writeback",
+        allowed: &["none", "writethrough", "writeback"],
+        range: None,
+    },
+    GlobalConfigDef {
+        category: "identity",
+        name: "session.timeout",
+        kind: "integer",
+        default: "7200",
+        description: "seconds a session stays valid after LogInByAccount",
+        allowed: &[],
+        range: Some((60, 31_536_000)),
+    },
+];
+
+pub fn find(category: &str, name: &str) -> Option<&'static GlobalConfigDef> {
+    DEFS.iter()
+        .find(|d| d.category == category && d.name == name)
+}
+
+impl GlobalConfigDef {
+    pub fn validate(&self, value: &str) -> Result<(), ApiError> {
+        if !self.allowed.is_empty() && !self.allowed.contains(&value) {
+            return Err(ApiError::invalid(
+                "value",
+                format!(
+                    "{}/{} does not accept {value:?}; allowed values: {}",
+                    self.category,
+                    self.name,
+                    self.allowed.join(", ")
+                ),
+            ));
+        }
+        if let Some((lo, hi)) = self.range {
+            match value.parse::<i64>() {
+                Ok(v) if (lo..=hi).contains(&v) => {}
+                _ => {
+                    return Err(ApiError::invalid(
+                        "value",
+                        format!(
+                            "{}/{} must be an integer from {lo} to {hi}, not {value:?}",
+                            self.category, self.name
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inserts every declared config that the table lacks, with its default.
+pub fn seed(conn: &Connection) -> Result<(), ApiError> {
+    for d in DEFS {
+        conn.execute(
+            "INSERT OR IGNORE INTO global_config (category, name, value, default_value, description)
+             VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![d.category, d.name, d.default, d.description],
+        )?;
+    }
+    Ok(())
+}
+
+/// The current value of a declared config.
+pub fn value(conn: &Connection, category: &str, name: &str) -> Result<String, ApiError> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM global_config WHERE category = ?1 AND name = ?2",
+            [category, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(
+        v.or_else(|| find(category, name).map(|d| d.default.to_string()))
+            .unwrap_or_default(),
+    )
+}
+
+pub fn update(conn: &Connection, category: &str, name: &str, value: &str) -> Result<(), ApiError> {
+    let def = find(category, name).ok_or_else(|| {
+        let known: Vec<String> = DEFS
+            .iter()
+            .map(|d| format!("{}/{}", d.category, d.name))
+            .collect();
+        ApiError::invalid(
+            "name",
+            format!(
+                "no global config {category}/{name}; known: {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    def.validate(value)?;
+    conn.execute(
+        "UPDATE global_config SET value = ?3 WHERE category = ?1 AND name = ?2",
+        params![category, name, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Queries with the original's conditions: `name=vm1`, `state!=Running`, `cpuNum>=2`,
+//! `name~=web%`, `uuid?=a,b`, plus `fields=` and `limit=`. A condition arrives as
+//! `{"name", "op", "value"}`; fields are the API's camelCase names, mapped to columns through a
+//! whitelist, and every value is a bound parameter.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A queryable resource: its table and its fields (API name, column).
+pub struct Table {
+    pub resource: &'static str,
+    pub table: &'static str,
+    pub fields: &'static [(&'static str, &'static str)],
+}
+
+pub const OPS: &[&str] = &[
+    "=", "!=", ">", ">=", "<", "<=", "~=", "!~=", "?=", "!?=", "is null", "not null",
+];
+
+pub struct Query {
+    pub conditions: Vec<(String, String, String)>,
+    pub fields: Option<Vec<String>>,
+    pub limit: Option<i64>,
+    pub start: Option<i64>,
+}
+
+impl Query {
+    /// Reads `conditions`, `fields`, `limit`, `start` from an API request.
+    pub fn from_params(params: &Map<String, Value>) -> Result<Query, ApiError> {
+        let mut conditions = Vec::new();
+        if let Some(c) = params.get("conditions") {
+            let list = c
+                .as_array()
+                .ok_or_else(|| ApiError::invalid("conditions", "conditions must be a list"))?;
+            for item in list {
+                let get = |k: &str| {
+                    item.get(k).and_then(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .or_else(|| (!v.is_null()).then(|| v.to_string()))
+                    })
+                };
+                let name = get("name")
+                    .ok_or_else(|| ApiError::invalid("conditions", "a condition needs a name"))?;
+                let op = get("op").unwrap_or_else(|| "=".into());
+                let value = get("value").unwrap_or_default();
+                conditions.push((name, op, value));
+            }
+        }
+        let fields = match params.get("fields") {
+            None => None,
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            Some(Value::String(s)) => Some(
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect(),
+            ),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "fields",
+                    "fields must be a list of field names",
+                ))
+            }
+        };
+        let num = |k: &str| -> Result<Option<i64>, ApiError> {
+            match params.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|n| *n >= 0)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ApiError::invalid(k, format!("{k} must be a non-negative integer"))
+                    }),
+            }
+        };
+        Ok(Query {
+            conditions,
+            fields,
+            limit: num("limit")?,
+            start: num("start")?,
+        })
+    }
+
+    pub fn run(&self, conn: &Connection, t: &Table) -> Result<Vec<Value>, ApiError> {
+        let column = |name: &str, what: &str| -> Result<&'static str, ApiError> {
+            t.fields
+                .iter()
+                .find(|(api, _)| *api == name)
+                .map(|(_, col)| *col)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = t.fields.iter().map(|(a, _)| *a).collect();
+                    ApiError::invalid(
+                        what,
+                        format!(
+                            "{} has no field {name:?}; fields: {}",
+                            t.resource,
+                            names.join(", ")
+                        ),
+                    )
+                })
+        };
+        let selected: Vec<(&str, &str)> = match &self.fields {
+            None => t.fields.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|f| {
+                    column(f, "fields").map(|c| {
+                        (
+                            t.fields
+                                .iter()
+                                .find(|(_, col)| *col == c)
+                                .map(|(a, _)| *a)
+                                .unwrap_or(""),
+                            c,
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            selected
+                .iter()
+                .map(|(_, c)| *c)
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.table
+        );
+        let mut args: Vec<SqlValue> = Vec::new();
+        let mut wheres = Vec::new();
+        for (name, op, value) in &self.conditions {
+            let col = column(name, "conditions")?;
+            let clause = match op.as_str() {
+                "=" | "!=" | ">" | ">=" | "<" | "<=" => {
+                    args.push(typed(value));
+                    let sql_op = if op == "!=" { "<>" } else { op.as_str() };
+                    format!("{col} {sql_op} ?")
+                }
+                "~=" | "!~=" => {
+                    args.push(SqlValue::Text(value.clone()));
+                    format!("{col} {}LIKE ?", if op == "!~=" { "NOT " } else { "" })
+                }
+                "?=" | "!?=" => {
+                    let items: Vec<&str> = value.split(',').filter(|s| !s.is_empty()).collect();
+                    if items.is_empty() {
+                        return Err(ApiError::invalid(
+                            "conditions",
+                            format!("{name}{op} needs a comma-separated list"),
+                        ));
+                    }
+                    for i in &items {
+                        args.push(typed(i));
+                    }
+                    format!(
+                        "{col} {}IN ({})",
+                        if op == "!?=" { "NOT " } else { "" },
+                        vec!["?"; items.len()].join(",")
+                    )
+                }
+                "is null" => format!("{col} IS NULL"),
+                "not null" => format!("{col} IS NOT NULL"),
+                other => {
+                    return Err(ApiError::invalid(
+                        "conditions",
+                        format!("unknown operator {other:?}; operators: {}", OPS.join(" ")),
+                    ))
+                }
+            };
+            wheres.push(clause);
+        }
+        if !wheres.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&wheres.join(" AND "));
+        }
+        sql.push_str(" ORDER BY rowid");
+        if let Some(l) = self.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+            if let Some(s) = self.start {
+                sql.push_str(&format!(" OFFSET {s}"));
+            }
+        }
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            let mut m = Map::new();
+            for (i, (api, _)) in selected.iter().enumerate() {
+                let v: SqlValue = r.get(i)?;
+                m.insert(api.to_string(), to_json(v));
+            }
+            Ok(Value::Object(m))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Numbers compare as numbers, everything else as text.
+fn typed(v: &str) -> SqlValue {
+    if let Ok(i) = v.parse::<i64>() {
+        SqlValue::Integer(i)
+    } else {
+        SqlValue::Text(v.to_string())
+    }
+}
+
+fn to_json(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::from(i),
+        SqlValue::Real(f) => Value::from(f),
+        SqlValue::Text(s) => Value::String(s),
+        SqlValue::Blob(b) => Value::String(hex::encode(b)),
+    }
+}
