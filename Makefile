@@ -38,6 +38,7 @@ test-integration:
 bench:
 	$(MAKE) bin VERSION=1.2.0
 	bash scripts/bench.sh
+	bash scripts/bench-backup.sh
 
 clean:
 	$(CARGO) clean
