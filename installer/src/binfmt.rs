@@ -115,10 +115,10 @@ impl Trailer {
         let mut block = body.into_bytes();
         let sum_line_len = TRAILER_SUM_KEY.len() + 64 + 1;
         let pad = TRAILER_SIZE as usize - block.len() - sum_line_len;
-        block.extend(std::iter::repeat(b'\n').take(pad));
+        block.extend(std::iter::repeat_n(b'\n', pad));
         block.extend_from_slice(TRAILER_SUM_KEY.as_bytes());
         let sum_at = block.len();
-        block.extend(std::iter::repeat(b'0').take(64));
+        block.extend(std::iter::repeat_n(b'0', 64));
         block.push(b'\n');
         let sum = hex::encode(Sha256::digest(&block));
         block[sum_at..sum_at + 64].copy_from_slice(sum.as_bytes());

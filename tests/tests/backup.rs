@@ -1,4 +1,5 @@
 //! `zstack-ctl dump_mysql` / `restore_mysql` against a real install in a sysroot.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

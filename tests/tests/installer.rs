@@ -1,6 +1,7 @@
 //! The offline installer, end to end: the real `.bin` from `make bin`, run as root.
 //! Most tests install into a --sysroot so they can check every file without touching the host;
 //! the real-install test installs on this host and removes everything afterwards.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

@@ -1,5 +1,6 @@
 //! restore_mysql round trip through the API on a real install: data made, backed up, changed,
 //! restored: the API shows the backed-up state. Installs on this host and removes it afterwards.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::process::Command;
 
