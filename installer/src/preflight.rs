@@ -166,7 +166,7 @@ impl Preflight<'_> {
             };
             use std::os::unix::fs::MetadataExt;
             let avail = match nix::sys::statvfs::statvfs(&existing) {
-                Ok(s) => u64::from(s.blocks_available()) * u64::from(s.fragment_size()),
+                Ok(s) => s.blocks_available() * s.fragment_size(),
                 Err(e) => {
                     problems.push(format!(
                         "cannot measure free space at {}: {e}",
