@@ -37,7 +37,7 @@ test-integration:
 ## make bench: speed and size figures (printed)
 bench:
 	$(MAKE) bin VERSION=1.2.0
-	bash scripts/bench.sh
+	bash scripts/bench-installer.sh
 	bash scripts/bench-backup.sh
 
 clean:

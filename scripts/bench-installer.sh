@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installer speed and size, printed:
+#  1. extract + verify: our .bin (`--extract`: every part's sha256, each file against the MANIFEST)
+#     against makeself packing the same files (installer program + release tree) with its default
+#     gzip and its default md5/crc checks (`--noexec --target`), side by side, with both sizes;
+#  2. a full --sysroot install into a fresh directory;
+#  3. with ZSTACK_BENCH_REAL_INSTALL=1 and nothing installed: a real install until the API
+#     answers (removed again after each run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$(realpath "${BIN:-build/zstack-installer-1.2.0.bin}")
+RUNS=${RUNS:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+command -v hyperfine >/dev/null || { echo "hyperfine is needed (apt-get install hyperfine)" >&2; exit 1; }
+command -v makeself >/dev/null || { echo "makeself is needed (apt-get install makeself)" >&2; exit 1; }
+
+# The same files for makeself: the installer program and the release tree.
+mkdir -p "$work/stage"
+bash "$BIN" --extract "$work/stage/release" >/dev/null
+cp target/release/zstack-installer "$work/stage/"
+makeself --quiet "$work/stage" "$work/makeself.run" "ZStack (makeself baseline)" ./zstack-installer --check >/dev/null
+ours_size=$(stat -c %s "$BIN")
+ms_size=$(stat -c %s "$work/makeself.run")
+
+hyperfine --runs "$RUNS" --warmup 2 --export-json "$work/extract.json" \
+    -n "zstack .bin --extract" "rm -rf $work/o1 && bash $BIN --extract $work/o1" \
+    -n "makeself --noexec --target" "rm -rf $work/o2 && $work/makeself.run --quiet --noexec --target $work/o2" >/dev/null
+
+hyperfine --runs "$RUNS" --warmup 1 --export-json "$work/sysroot.json" \
+    -n "sysroot install" "rm -rf $work/sr && bash $BIN --sysroot $work/sr -q" >/dev/null
+
+real_json=
+if [ "${ZSTACK_BENCH_REAL_INSTALL:-}" = 1 ]; then
+    if [ -e /usr/local/zstack/current ] || [ -e /etc/zstack ]; then
+        echo "real install: skipped, ZStack is already installed on this host"
+    else
+        cat >"$work/uninstall.sh" <<'UNINSTALL'
+zstack-ctl stop >/dev/null 2>&1 || true
+rm -rf /usr/local/zstack /etc/zstack /var/lib/zstack /var/log/zstack /var/log/zstack-installer.log \
+    /usr/bin/zstack-ctl /usr/bin/zstack-cli /etc/systemd/system/zstack-server.service \
+    /etc/systemd/system/zstack-kvmagent.service /etc/systemd/system/multi-user.target.wants/zstack-*.service /run/zstack
+if crontab -l >/dev/null 2>&1; then
+    rest=$(crontab -l | grep -v 'zstack-ctl dump_mysql' || true)
+    if [ -n "$rest" ]; then printf '%s\n' "$rest" | crontab -; else crontab -r; fi
+fi
+UNINSTALL
+        hyperfine --runs 5 --export-json "$work/real.json" --cleanup "bash $work/uninstall.sh" \
+            -n "real install until the API answers" "bash $BIN -q -I 127.0.0.1 && curl -sf http://127.0.0.1:8080/health >/dev/null" >/dev/null
+        real_json=$work/real.json
+    fi
+fi
+
+python3 - "$work/extract.json" "$work/sysroot.json" "$ours_size" "$ms_size" "$real_json" <<'PY'
+import json, sys
+ex = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+ours, ms = ex["zstack .bin --extract"], ex["makeself --noexec --target"]
+osz, msz = int(sys.argv[3]), int(sys.argv[4])
+ms_ = lambda r: f'{r["mean"]*1000:.1f} ms ± {r["stddev"]*1000:.1f}'
+print(f'extract+verify: zstack .bin {ms_(ours)} ({osz/1e6:.2f} MB) | makeself {ms_(ms)} ({msz/1e6:.2f} MB)')
+print(f'  -> zstack is {ms["mean"]/ours["mean"]:.2f}x as fast and {100*(msz-osz)/msz:.1f}% smaller'
+      + ('' if ours["mean"] <= ms["mean"] and osz <= msz else '   ** TARGET MISSED **'))
+sr = json.load(open(sys.argv[2]))["results"][0]
+print(f"full --sysroot install: {ms_(sr)}")
+if sys.argv[5]:
+    rl = json.load(open(sys.argv[5]))["results"][0]
+    print(f'real install until the API answers: {ms_(rl)}')
+PY
