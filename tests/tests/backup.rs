@@ -414,3 +414,169 @@ fn install_cron_is_idempotent_and_keeps_other_lines() {
     assert_eq!(&f[..5], ["30", "0,12", "*", "*", "*"]);
     assert_eq!(f[5..].join(" "), "zstack-ctl dump_mysql --keep-amount 14");
 }
+
+/// A backup of a ZStack 1.1.0 database, made by hand: the 1.0.0 and 1.1.0 migrations applied,
+/// with their ledger rows, cache mode set the 1.1 way (an integer).
+fn make_1_1_backup(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let stage = dir.join("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    let db = stage.join("zstack.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE schema_migrations (version TEXT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL,
+         applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, PRIMARY KEY (version, name));",
+    )
+    .unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("payload/migrations"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("V1.0.0__") || name.starts_with("V1.1.0__")) {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&f).unwrap();
+        c.execute_batch(&sql).unwrap();
+        let (ver, what) = name
+            .trim_start_matches('V')
+            .trim_end_matches(".sql")
+            .split_once("__")
+            .unwrap();
+        c.execute(
+            "INSERT INTO schema_migrations VALUES (?1, ?2, ?3, '2025-01-01T00:00:00Z', 1)",
+            rusqlite::params![ver, what, hex::encode(sha2::Sha256::digest(sql.as_bytes()))],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "UPDATE global_config SET value = '1' WHERE name = 'vm.cacheMode'",
+        [],
+    )
+    .unwrap();
+    c.execute("INSERT INTO zone (uuid, name, state, create_date, last_op_date) VALUES ('z0', 'old-zone', 'Enabled', 'x', 'x')", []).unwrap();
+    drop(c);
+    let bytes = std::fs::read(&db).unwrap();
+    let meta = serde_json::json!({
+        "product": "ZStack", "release": "1.1.0", "schema_version": "1.1.0", "created": "2025-01-01T00:00:00+00:00",
+        "db_size": bytes.len(), "db_sha256": hex::encode(sha2::Sha256::digest(&bytes)), "has_properties": false,
+    });
+    std::fs::write(
+        stage.join("backup.json"),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
+    let out = dir.join("zstack-backup-db-2025-01-01_00-00-00.gz");
+    ok(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && tar -c backup.json zstack.db | gzip > '{}'",
+        stage.display(),
+        out.display()
+    )));
+    out
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn an_older_backup_is_restored_and_migrated() {
+    let z = Installed::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let old = make_1_1_backup(scratch.path());
+    let out = ok(z.ctl(&["restore_mysql", "--from-file", old.to_str().unwrap()]));
+    assert!(
+        out.contains("migrated the restored database from schema 1.1.0"),
+        "{out}"
+    );
+    let c = rusqlite::Connection::open(z.db()).unwrap();
+    let top: String = c
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(top, "1.2.0");
+    let mode: String = c
+        .query_row(
+            "SELECT value FROM global_config WHERE name = 'vm.cacheMode'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(mode, "writethrough", "1.1's integer 1 maps to writethrough");
+    let zone: String = c
+        .query_row("SELECT name FROM zone WHERE uuid = 'z0'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(zone, "old-zone");
+    // The backup had no zstack.properties: the installed one is kept.
+    assert!(
+        std::fs::read_to_string(z.root.join("etc/zstack/zstack.properties"))
+            .unwrap()
+            .contains("kvmagent.secret")
+    );
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn configure_validates_every_pair_and_rewrites_atomically() {
+    let z = Installed::new();
+    let path = z.root.join("etc/zstack/zstack.properties");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let o = run(z.ctl(&[
+        "configure",
+        "management.server.ip=10.0.0.7",
+        "kvmagent.prot=7071",
+        "management.api.port=99999",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    let msg = text(&o);
+    assert!(
+        msg.contains("did you mean kvmagent.port")
+            && msg.contains("port number 1-65535")
+            && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        before,
+        "a refused configure changes nothing"
+    );
+
+    ok(z.ctl(&[
+        "configure",
+        "management.server.ip=10.0.0.7",
+        "kvmagent.port=7071",
+    ]));
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        after.contains("management.server.ip = 10.0.0.7") && after.contains("kvmagent.port = 7071"),
+        "{after}"
+    );
+    assert_eq!(
+        after.lines().filter(|l| l.starts_with('#')).count(),
+        before.lines().filter(|l| l.starts_with('#')).count(),
+        "comments kept"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let shown = ok(z.ctl(&["show_configuration"]));
+    assert!(
+        shown.contains("kvmagent.port = 7071") && shown.contains("kvmagent.secret = ********"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(
+            &after
+                .lines()
+                .find(|l| l.starts_with("kvmagent.secret"))
+                .unwrap()[18..]
+        ),
+        "secrets masked"
+    );
+    let v = ok(z.ctl(&["version"]));
+    assert!(v.contains("installed release: 1.2.0"), "{v}");
+}
