@@ -12,6 +12,7 @@ pub mod properties;
 pub mod release;
 pub mod secret;
 pub mod service;
+pub mod suggest;
 pub mod templates;
 
 pub use layout::Layout;

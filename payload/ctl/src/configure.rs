@@ -77,28 +77,7 @@ pub const KEYS: &[Key] = &[
 
 /// The known key closest to `name` (for "did you mean").
 fn closest(name: &str) -> &'static str {
-    KEYS.iter()
-        .map(|k| (edit_distance(name, k.name), k.name))
-        .min()
-        .map(|(_, n)| n)
-        .unwrap_or("")
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    zstack_common::suggest::closest(name, KEYS.iter().map(|k| k.name))
 }
 
 /// Validates every `key=value` first, then rewrites the file once. Returns the changed keys.

@@ -7,6 +7,8 @@
 use rusqlite::{params, Connection};
 use serde_json::{json, Map, Value};
 
+use zstack_common::suggest::closest;
+
 use crate::auth;
 use crate::error::ApiError;
 use crate::globalconfig;
@@ -184,29 +186,6 @@ pub fn reference() -> Value {
             })
             .collect(),
     )
-}
-
-pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> &'a str {
-    candidates
-        .min_by_key(|c| edit_distance(&name.to_lowercase(), &c.to_lowercase()))
-        .unwrap_or("")
-}
-
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn s<'a>(c: &'a Call, k: &str) -> Option<&'a str> {

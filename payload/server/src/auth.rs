@@ -37,7 +37,7 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     };
     let mut out = vec![0u8; hash.len()];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, rounds, &mut out);
-    out.len() == hash.len() && out.iter().zip(&hash).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    zstack_common::secret::constant_time_eq(&out, &hash)
 }
 
 pub fn now() -> String {

@@ -11,7 +11,6 @@ pub mod error;
 pub mod globalconfig;
 pub mod query;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -19,17 +18,14 @@ use anyhow::{bail, Context};
 use axum::extract::Path as UrlPath;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use zstack_common::health::Health;
 use zstack_common::logfile::LogFile;
 use zstack_common::service::{keys, Service};
-use zstack_common::{Layout, Properties, Release, PRODUCT};
+use zstack_common::{Layout, Properties, Release};
 
 struct ServerState {
-    version: String,
     db: Mutex<rusqlite::Connection>,
 }
 
@@ -40,19 +36,10 @@ pub fn new_uuid() -> String {
 
 /// Runs the management node until SIGTERM or SIGINT.
 pub fn run() -> anyhow::Result<()> {
-    let layout = Layout::from_env();
-    let log = Arc::new(
-        LogFile::open(&layout.host(Service::Server.log_file(&layout)), false)
-            .context("cannot open the management node's log file")?,
-    );
-    let result = serve(&layout, &log);
-    if let Err(e) = &result {
-        log.error(&format!("management node stopped: {e:#}"));
-    }
-    result
+    zstack_http::run_service(Service::Server, serve)
 }
 
-fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
+fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     let release = Release::of_running_program()
         .context("cannot find release.json beside this program; is the release tree intact?")?;
     let props = Properties::load(&layout.host(layout.properties_file()))?;
@@ -68,33 +55,13 @@ fn serve(layout: &Layout, log: &Arc<LogFile>) -> anyhow::Result<()> {
     }
 
     let state = Arc::new(ServerState {
-        version: release.version.clone(),
         db: Mutex::new(conn),
     });
     let app = Router::new()
-        .route("/health", get(health))
         .route("/v1/apis", get(api_reference))
         .route("/v1/api/:name", post(call_api))
-        .fallback(unknown_path)
         .with_state(state);
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        log.info(&format!(
-            "{PRODUCT} management node {} listening on {addr}, pid {}",
-            release.version,
-            std::process::id()
-        ));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("HTTP server failed")?;
-        log.info("management node stopped");
-        Ok(())
-    })
+    zstack_http::serve(Service::Server, &release.version, port, app, log)
 }
 
 /// Refuses a DB that is not exactly at this release's schema.
@@ -130,16 +97,6 @@ fn check_schema(layout: &Layout, release: &Release) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn health(State(state): State<Arc<ServerState>>) -> Json<Health> {
-    Json(Health {
-        product: PRODUCT.to_string(),
-        service: Service::Server.name().to_string(),
-        version: state.version.clone(),
-        status: "ok".to_string(),
-        pid: std::process::id(),
-    })
 }
 
 async fn api_reference() -> Json<serde_json::Value> {
@@ -190,27 +147,5 @@ async fn call_api(
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(e) => error::ApiError::internal(format!("the call failed: {e}")).into_response(),
-    }
-}
-
-async fn unknown_path(uri: axum::http::Uri) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({
-            "error": { "code": "NOT_FOUND", "message": format!("no such API path: {}", uri.path()) }
-        })),
-    )
-        .into_response()
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
