@@ -291,3 +291,65 @@ impl Drop for TmpfsMount {
             .output();
     }
 }
+
+/// Makes at `db` a ZStack database as release `version` left it: the shipped migrations up to
+/// that release applied, with their ledger rows; as 1.1 did, the cache mode is an integer (1),
+/// and a zone `old-zone` (uuid `z0`) stands for the operator's data.
+pub fn make_old_db(db: &Path, version: &str) {
+    use sha2::Digest;
+    let c = rusqlite::Connection::open(db).expect("create db");
+    c.execute_batch(
+        "CREATE TABLE schema_migrations (version TEXT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL,
+         applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, PRIMARY KEY (version, name));",
+    )
+    .expect("ledger");
+    let top = semver_triplet(version);
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("payload/migrations"))
+        .expect("migrations")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((ver, what)) = name
+            .trim_start_matches('V')
+            .trim_end_matches(".sql")
+            .split_once("__")
+        else {
+            continue;
+        };
+        if semver_triplet(ver) > top {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&f).expect("read migration");
+        c.execute_batch(&sql).expect("apply migration");
+        c.execute(
+            "INSERT INTO schema_migrations VALUES (?1, ?2, ?3, '2025-01-01T00:00:00Z', 1)",
+            rusqlite::params![ver, what, hex::encode(sha2::Sha256::digest(sql.as_bytes()))],
+        )
+        .expect("ledger row");
+    }
+    c.execute(
+        "UPDATE global_config SET value = '1' WHERE name = 'vm.cacheMode'",
+        [],
+    )
+    .expect("cache mode");
+    c.execute(
+        "INSERT INTO zone (uuid, name, state, create_date, last_op_date) VALUES ('z0', 'old-zone', 'Enabled', 'x', 'x')",
+        [],
+    )
+    .expect("zone");
+}
+
+fn semver_triplet(v: &str) -> (u64, u64, u64) {
+    let mut it = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}

@@ -415,50 +415,13 @@ fn install_cron_is_idempotent_and_keeps_other_lines() {
     assert_eq!(f[5..].join(" "), "zstack-ctl dump_mysql --keep-amount 14");
 }
 
-/// A backup of a ZStack 1.1.0 database, made by hand: the 1.0.0 and 1.1.0 migrations applied,
-/// with their ledger rows, cache mode set the 1.1 way (an integer).
+/// A backup of a ZStack 1.1.0 database (see [`make_old_db`]), as dump_mysql lays it out, gzip'd.
 fn make_1_1_backup(dir: &Path) -> PathBuf {
     use sha2::Digest;
     let stage = dir.join("stage");
     std::fs::create_dir_all(&stage).unwrap();
     let db = stage.join("zstack.db");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    c.execute_batch(
-        "CREATE TABLE schema_migrations (version TEXT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL,
-         applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, PRIMARY KEY (version, name));",
-    )
-    .unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("payload/migrations"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        if !(name.starts_with("V1.0.0__") || name.starts_with("V1.1.0__")) {
-            continue;
-        }
-        let sql = std::fs::read_to_string(&f).unwrap();
-        c.execute_batch(&sql).unwrap();
-        let (ver, what) = name
-            .trim_start_matches('V')
-            .trim_end_matches(".sql")
-            .split_once("__")
-            .unwrap();
-        c.execute(
-            "INSERT INTO schema_migrations VALUES (?1, ?2, ?3, '2025-01-01T00:00:00Z', 1)",
-            rusqlite::params![ver, what, hex::encode(sha2::Sha256::digest(sql.as_bytes()))],
-        )
-        .unwrap();
-    }
-    c.execute(
-        "UPDATE global_config SET value = '1' WHERE name = 'vm.cacheMode'",
-        [],
-    )
-    .unwrap();
-    c.execute("INSERT INTO zone (uuid, name, state, create_date, last_op_date) VALUES ('z0', 'old-zone', 'Enabled', 'x', 'x')", []).unwrap();
-    drop(c);
+    make_old_db(&db, "1.1.0");
     let bytes = std::fs::read(&db).unwrap();
     let meta = serde_json::json!({
         "product": "ZStack", "release": "1.1.0", "schema_version": "1.1.0", "created": "2025-01-01T00:00:00+00:00",
@@ -579,4 +542,40 @@ fn configure_validates_every_pair_and_rewrites_atomically() {
     );
     let v = ok(z.ctl(&["version"]));
     assert!(v.contains("installed release: 1.2.0"), "{v}");
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn taillog_prints_the_end_and_follows() {
+    use std::io::{BufRead, Write};
+    let z = Installed::new();
+    let log = z.root.join("var/log/zstack/management-server.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(
+        &log,
+        (1..=10).map(|i| format!("line {i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let out = ok(z.ctl(&["taillog", "-n", "3", "--no-follow"]));
+    assert_eq!(out.trim(), "line 8\nline 9\nline 10");
+    let mut child = z
+        .ctl(&["taillog", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "line 10");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"appended later\n")
+        .unwrap();
+    let mut next = String::new();
+    reader.read_line(&mut next).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(next.trim(), "appended later");
 }

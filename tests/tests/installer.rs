@@ -992,3 +992,57 @@ fn host_only_install_root_drop_db_and_bad_ip() {
         assert!(!fresh.exists());
     }
 }
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn an_older_database_needs_k_to_be_kept_and_migrated() {
+    require_root();
+    let bin = bin_path(V);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("var/lib/zstack")).unwrap();
+    let db = root.join("var/lib/zstack/zstack.db");
+    make_old_db(&db, "1.1.0");
+    let before = sysroot_state(&root);
+    let o = run(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let msg = text(&o);
+    assert!(
+        msg.contains("holds a ZStack 1.1.0 database")
+            && msg.contains("-u")
+            && msg.contains("-k")
+            && msg.contains("-D"),
+        "{msg}"
+    );
+    assert_eq!(
+        diff(&before, &sysroot_state(&root)),
+        Vec::<String>::new(),
+        "refused: nothing changed"
+    );
+
+    let out = ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "-k", "--json"],
+    ));
+    assert!(out.contains("migrated from schema 1.1.0 to 1.2.0"), "{out}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = c
+        .query_row(
+            "SELECT value FROM global_config WHERE name = 'vm.cacheMode'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(mode, "writethrough");
+    let zone: String = c
+        .query_row("SELECT name FROM zone WHERE uuid = 'z0'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(zone, "old-zone", "the operator's data is kept");
+    assert!(
+        !std::fs::read_dir(root.join("var/lib/zstack/mysql-backup"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("pre-install")),
+        "the safety copy is removed after success"
+    );
+}
