@@ -381,33 +381,8 @@ fn existing_install_problems(
 
 /// The highest migration in the ledger of an existing DB, read without changing the file.
 fn db_schema_version(db: &Path) -> anyhow::Result<Option<semver::Version>> {
-    // A read-only open of a WAL database still creates its -wal and -shm files; preflight must
-    // change nothing, so when they are absent (no writer has it open) the file is opened as
-    // immutable, which touches nothing.
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-    let uri = if wal.exists() {
-        format!("file:{}?mode=ro", db.display())
-    } else {
-        format!("file:{}?immutable=1", db.display())
-    };
-    let conn = rusqlite::Connection::open_with_flags(uri, flags)?;
-    let has_ledger: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [zstack_db::LEDGER_TABLE],
-        |r| r.get(0),
-    )?;
-    if has_ledger == 0 {
-        return Ok(None);
-    }
-    let mut stmt = conn.prepare(&format!("SELECT version FROM {}", zstack_db::LEDGER_TABLE))?;
-    let versions = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .filter_map(|v| v.ok().and_then(|v| semver::Version::parse(&v).ok()))
-        .max();
-    Ok(versions)
+    let conn = zstack_db::open_read_only(db)?;
+    Ok(zstack_db::ledger_version(&conn, db)?)
 }
 
 fn existing_ip(layout: &Layout) -> Option<String> {

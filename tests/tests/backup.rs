@@ -579,3 +579,64 @@ fn taillog_prints_the_end_and_follows() {
     let _ = child.wait();
     assert_eq!(next.trim(), "appended later");
 }
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn upgrade_db_backs_up_then_migrates_and_refuses_a_changed_migration() {
+    use sha2::Digest;
+    let z = Installed::new();
+    std::fs::remove_file(z.db()).unwrap();
+    make_old_db(&z.db(), "1.0.0");
+    let sum = || hex::encode(sha2::Sha256::digest(std::fs::read(z.db()).unwrap()));
+    let before = sum();
+
+    let out = ok(z.ctl(&["upgrade_db", "--dry-run"]));
+    assert!(
+        out.contains("would migrate (dry run) schema 1.0.0 -> 1.2.0")
+            && out.contains("V1.1.0__01_kvm_cache_mode_and_l3.sql"),
+        "{out}"
+    );
+    assert_eq!(sum(), before, "--dry-run changes nothing");
+    assert!(z.backups(upgrade_name()).is_empty());
+
+    let out = ok(z.ctl(&["upgrade_db"]));
+    assert!(out.contains("migrated schema 1.0.0 -> 1.2.0"), "{out}");
+    assert_eq!(
+        z.backups(upgrade_name()).len(),
+        1,
+        "a verified backup first"
+    );
+    let c = rusqlite::Connection::open(z.db()).unwrap();
+    let top: String = c
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(top, "1.2.0");
+    let zone: String = c
+        .query_row("SELECT name FROM zone WHERE uuid = 'z0'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(zone, "old-zone");
+    drop(c);
+    assert!(ok(z.ctl(&["upgrade_db"])).contains("nothing to do"));
+
+    // A shipped migration changed after it was applied is refused, by name.
+    let m = z
+        .root
+        .join("usr/local/zstack/current/migrations/V1.1.0__01_kvm_cache_mode_and_l3.sql");
+    let mut sql = std::fs::read_to_string(&m).unwrap();
+    sql.push_str("\n-- edited by hand\n");
+    std::fs::write(&m, sql).unwrap();
+    let o = run(z.ctl(&["upgrade_db"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("V1.1.0__01_kvm_cache_mode_and_l3.sql")
+            && text(&o).contains("changed after it was applied"),
+        "{}",
+        text(&o)
+    );
+}
+
+fn upgrade_name() -> &'static str {
+    "zstack-db-before-upgrade"
+}

@@ -388,28 +388,14 @@ fn sha256_file(p: &Path) -> Result<(String, u64)> {
 
 /// The highest migration version in a DB's ledger.
 pub fn schema_version_of(db: &Path) -> Result<Option<String>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(sql_ctx(format!("opening {}", db.display())))?;
-    let has: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
-            [zstack_db::LEDGER_TABLE],
-            |r| r.get(0),
-        )
-        .map_err(sql_ctx("reading the ledger"))?;
-    if has == 0 {
-        return Ok(None);
-    }
-    let mut stmt = conn
-        .prepare(&format!("SELECT version FROM {}", zstack_db::LEDGER_TABLE))
-        .map_err(sql_ctx("reading the ledger"))?;
-    let max = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(sql_ctx("reading the ledger"))?
-        .filter_map(|v| v.ok().and_then(|v| semver::Version::parse(&v).ok()))
-        .max();
-    Ok(max.map(|v| v.to_string()))
+    let read = |e: zstack_db::DbError| BackupError::Invalid {
+        path: db.to_path_buf(),
+        why: e.to_string(),
+    };
+    let conn = zstack_db::open_read_only(db).map_err(read)?;
+    Ok(zstack_db::ledger_version(&conn, db)
+        .map_err(read)?
+        .map(|v| v.to_string()))
 }
 
 fn write_archive(

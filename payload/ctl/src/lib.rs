@@ -6,6 +6,7 @@ pub mod configure;
 pub mod cron;
 pub mod lifecycle;
 pub mod restore;
+pub mod upgrade_db;
 
 use std::path::Path;
 
@@ -80,6 +81,19 @@ enum Cmd {
         /// Print and exit instead of following.
         #[arg(long)]
         no_follow: bool,
+    },
+    /// Apply the installed release's pending migrations to the database (after a verified backup).
+    #[command(name = "upgrade_db")]
+    UpgradeDb {
+        /// List the pending migrations and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run even if the management node is running.
+        #[arg(long)]
+        force: bool,
+        /// Skip the backup taken first.
+        #[arg(long)]
+        no_backup: bool,
     },
     /// Add the periodic dump_mysql line to root's crontab, unless one is there.
     #[command(name = "install_cron")]
@@ -250,6 +264,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if r.restarted {
                     println!("the management node was restarted");
                 }
+            }
+        }
+        Cmd::UpgradeDb {
+            dry_run,
+            force,
+            no_backup,
+        } => {
+            let r = upgrade_db::upgrade_db(&layout, dry_run, force, no_backup)?;
+            if json {
+                println!("{}", json!({"ok": true, "upgrade_db": r}));
+            } else if r.pending.is_empty() {
+                println!("the database is at schema {}: nothing to do", r.to);
+            } else {
+                if let Some(b) = &r.backup {
+                    println!("backed up to {}", b.display());
+                }
+                println!(
+                    "{} schema {} -> {}: {}",
+                    if r.applied {
+                        "migrated"
+                    } else {
+                        "would migrate (dry run)"
+                    },
+                    r.from.as_deref().unwrap_or("none"),
+                    r.to,
+                    r.pending.join(", ")
+                );
             }
         }
         Cmd::Configure { pairs } => {

@@ -91,6 +91,49 @@ pub fn open_existing(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Opens an existing database for reading without changing anything on disk: not its journal
+/// mode, and no -wal/-shm files. A read-only open of a WAL database normally creates those, so
+/// when they are absent (no writer has it open) the file is opened as immutable.
+pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let uri = if wal.exists() {
+        format!("file:{}?mode=ro", path.display())
+    } else {
+        format!("file:{}?immutable=1", path.display())
+    };
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(sqlite_err(path))
+}
+
+/// The highest migration in the ledger of `conn`'s database; `None` when it has no ledger
+/// (not a ZStack database) or an empty one. Reads only.
+pub fn ledger_version(conn: &Connection, path: &Path) -> Result<Option<Version>, DbError> {
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [LEDGER_TABLE],
+            |r| r.get(0),
+        )
+        .map_err(sqlite_err(path))?;
+    if has == 0 {
+        return Ok(None);
+    }
+    let mut stmt = conn
+        .prepare(&format!("SELECT version FROM {LEDGER_TABLE}"))
+        .map_err(sqlite_err(path))?;
+    let versions = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(sqlite_err(path))?
+        .filter_map(|v| v.ok().and_then(|v| Version::parse(&v).ok()))
+        .max();
+    Ok(versions)
+}
+
 fn configure(conn: &Connection, path: &Path) -> Result<(), DbError> {
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(sqlite_err(path))?;
