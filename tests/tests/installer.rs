@@ -864,6 +864,22 @@ fn a_real_install_starts_answers_and_stops() {
     }
     assert!(ok(Command::new("zstack-ctl").arg("status")).contains("stopped"));
     assert!(ureq_health(8080).is_err());
+    ok(Command::new("zstack-ctl").arg("start_node"));
+    ureq_health(8080).expect("answers after start_node");
+    let pid_of = |s: &serde_json::Value| s["services"][0]["pid"].as_u64();
+    let before_restart: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    ok(Command::new("zstack-ctl").arg("restart"));
+    let after_restart: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    assert_ne!(
+        pid_of(&before_restart),
+        pid_of(&after_restart),
+        "restart runs a new process"
+    );
+    assert_eq!(after_restart["services"][0]["health"]["status"], "ok");
+    ok(Command::new("zstack-ctl").arg("stop_node"));
+    assert!(ureq_health(8080).is_err(), "stop_node stops it");
     ok(Command::new("zstack-ctl").arg("start"));
     ureq_health(8080).expect("answers after start");
     ok(Command::new("zstack-ctl").args(["stop", "--service", "zstack-server"]));
