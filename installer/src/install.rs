@@ -124,6 +124,34 @@ pub fn install(
         vec![Service::Server, Service::KvmAgent]
     };
 
+    // A run cut off before (a crash, kill -9) left its journal: put back what it changed first,
+    // under the lock, so every check below sees the host as it was before that run.
+    let journal = layout.host(layout.installer_journal());
+    let mut early_lock = None;
+    if journal.exists() && opts.dry_run {
+        rep.warn(&format!(
+            "an earlier installer run did not finish ({}); a real run will first put back what it changed",
+            journal.display()
+        ));
+    } else if journal.exists() {
+        early_lock = Some(take_lock(&layout)?);
+        if let Some(mut old) = UndoLog::load(&journal)? {
+            rep.warn(&format!(
+                "an earlier installer run ({}) did not finish; putting back what it changed",
+                old.what
+            ));
+            let failures = old.rollback(&layout);
+            if !failures.is_empty() {
+                bail!(
+                    "cannot put back what the interrupted run changed (journal {}):\n  {}",
+                    journal.display(),
+                    failures.join("\n  ")
+                );
+            }
+            rep.info("the interrupted run was rolled back; the host is as it was before it");
+        }
+    }
+
     // 0 + 1: what is here, and preflight.
     let mut problems = existing_install_problems(opts, &layout, &version);
     let pre = Preflight {
@@ -167,7 +195,10 @@ pub fn install(
         std::fs::create_dir_all(&sysroot)
             .with_context(|| format!("cannot create the sysroot {}", sysroot.display()))?;
     }
-    let _lock = take_lock(&layout)?;
+    let _lock = match early_lock {
+        Some(l) => l,
+        None => take_lock(&layout)?,
+    };
     if let Ok(log) =
         zstack_common::logfile::LogFile::open(&layout.host(layout.installer_log()), false)
     {
@@ -196,7 +227,7 @@ pub fn install(
         bin,
         version,
         services,
-        undo: UndoLog::default(),
+        undo: UndoLog::on_disk(journal, format!("install of {}", bin.trailer.version))?,
         management_ip,
         admin_password: None,
         props: None,
@@ -212,7 +243,7 @@ pub fn install(
             Err(anyhow::anyhow!("interrupted"))
         } else {
             run.step(id, rep).and_then(|outcome| {
-                failpoint(id, interrupted)?;
+                failpoint(id, interrupted, rep)?;
                 if interrupted.load(Ordering::SeqCst) {
                     bail!("interrupted");
                 }
@@ -245,6 +276,7 @@ pub fn install(
         }
     }
 
+    run.undo.commit();
     for p in &run.discard_on_success {
         let _ = if p.is_dir() {
             std::fs::remove_dir_all(p)
@@ -293,7 +325,7 @@ pub fn install(
 }
 
 /// Honours `ZSTACK_FAILPOINT` after step `id` has made its changes.
-fn failpoint(id: &str, interrupted: &AtomicBool) -> anyhow::Result<()> {
+fn failpoint(id: &str, interrupted: &AtomicBool, rep: &Reporter) -> anyhow::Result<()> {
     let Ok(fp) = std::env::var(FAILPOINT_ENV) else {
         return Ok(());
     };
@@ -301,6 +333,7 @@ fn failpoint(id: &str, interrupted: &AtomicBool) -> anyhow::Result<()> {
         bail!("failpoint {FAILPOINT_ENV}={id} triggered (test aid)");
     }
     if fp.strip_suffix(":pause") == Some(id) {
+        rep.info(&format!("failpoint: paused after step {id} (test aid)"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !interrupted.load(Ordering::SeqCst) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -719,6 +752,7 @@ impl Run<'_> {
             "agent_port": Service::KvmAgent.default_port(),
             "agent_secret": zstack_common::secret::random_hex(32)?,
             "admin_password": password,
+            "release": {"major": self.version.major, "minor": self.version.minor, "patch": self.version.patch},
         });
         let rendered = self
             .templates()?

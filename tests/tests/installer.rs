@@ -21,6 +21,7 @@ fn sysroot_state(root: &Path) -> Snapshot {
             || rel.starts_with("run") && rel == Path::new("run")
             || rel.starts_with("var/log/zstack-installer.log")
             || rel == Path::new("var/log")
+            || rel == Path::new("var/lib")
             || rel == Path::new("var")
             || rel == Path::new("")
     })
@@ -1061,4 +1062,98 @@ fn an_older_database_needs_k_to_be_kept_and_migrated() {
             .any(|e| e.file_name().to_string_lossy().contains("pre-install")),
         "the safety copy is removed after success"
     );
+}
+
+#[test]
+#[ignore = "needs root and build/*.bin: run by make test"]
+fn a_run_killed_half_way_is_rolled_back_by_the_next_one() {
+    require_root();
+    let bin = bin_path(V);
+    for step in ["unpack", "config", "database", "units", "cron"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        // An operator's install to come back to.
+        ok(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "-q"]));
+        let props = root.join("etc/zstack/zstack.properties");
+        std::fs::write(
+            &props,
+            std::fs::read_to_string(&props)
+                .unwrap()
+                .replace("kvmagent.port = 7070\n", ""),
+        )
+        .unwrap();
+        std::fs::remove_file(root.join("etc/systemd/system/zstack-server.service")).unwrap();
+        std::fs::write(
+            root.join("var/spool/cron/crontabs/root"),
+            "0 1 * * * /bin/true\n",
+        )
+        .unwrap();
+        let before = sysroot_state(&root);
+
+        let child = bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()])
+            .env("ZSTACK_FAILPOINT", format!("{step}:pause"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let journal = root.join("var/lib/zstack-installer.journal");
+        let log = root.join("var/log/zstack-installer.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&format!("paused after step {step} ")) && journal.exists() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{step}: the run never reached the step"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // kill -9, the whole run at once: nothing gets to clean up.
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = child.wait_with_output();
+        assert!(journal.exists(), "{step}: the journal survives the kill");
+
+        // A dry run only reports it.
+        let o = run(bin_cmd(
+            &bin,
+            &["--sysroot", root.to_str().unwrap(), "--dry-run"],
+        ));
+        assert!(text(&o).contains("did not finish"), "{step}: {}", text(&o));
+        assert!(journal.exists());
+        // The next run puts everything back first, before its own checks: one that preflight
+        // refuses shows the host exactly as it was before the killed run.
+        let os = dir.path().join("os-release");
+        std::fs::write(&os, "ID=debian\nVERSION_ID=\"11\"\n").unwrap();
+        let o = run(
+            bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()]).env("ZSTACK_OS_RELEASE", &os)
+        );
+        assert_eq!(o.status.code(), Some(1), "{step}: {}", text(&o));
+        assert!(
+            text(&o).contains("did not finish; putting back") && text(&o).contains("rolled back"),
+            "{step}: {}",
+            text(&o)
+        );
+        assert!(!journal.exists(), "{step}: the journal is gone once done");
+        assert_eq!(
+            diff(&before, &sysroot_state(&root)),
+            Vec::<String>::new(),
+            "{step}: not rolled back"
+        );
+        // And a normal run then repairs the operator's removals, keeping the edits.
+        ok(bin_cmd(&bin, &["--sysroot", root.to_str().unwrap(), "-q"]));
+        assert!(root
+            .join("etc/systemd/system/zstack-server.service")
+            .exists());
+        assert_eq!(
+            std::fs::read_to_string(root.join("var/spool/cron/crontabs/root")).unwrap(),
+            format!("0 1 * * * /bin/true\n{CRON_LINE}\n")
+        );
+    }
 }

@@ -113,6 +113,10 @@ impl Layout {
     pub fn installer_lock(&self) -> PathBuf {
         PathBuf::from("/run/lock/zstack-installer.lock")
     }
+    /// The undo journal of an installer run in progress (see the installer's `undo` module).
+    pub fn installer_journal(&self) -> PathBuf {
+        PathBuf::from("/var/lib/zstack-installer.journal")
+    }
     pub fn installer_log(&self) -> PathBuf {
         PathBuf::from("/var/log/zstack-installer.log")
     }

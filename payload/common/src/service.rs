@@ -9,12 +9,14 @@ use crate::{Layout, Properties};
 pub mod keys {
     pub const MANAGEMENT_IP: &str = "management.server.ip";
     pub const API_PORT: &str = "management.api.port";
+    /// The API port's name in releases before 1.2.0; 1.2.0's upgrade step renames it.
+    pub const LEGACY_API_PORT: &str = "api.port";
     pub const AGENT_PORT: &str = "kvmagent.port";
     pub const AGENT_SECRET: &str = "kvmagent.secret";
     pub const ADMIN_PASSWORD: &str = "admin.password";
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
     /// The management node: HTTP API, DB, orchestration.
@@ -66,6 +68,9 @@ impl Service {
 
     /// The port configured in `props`, or the default.
     pub fn port(self, props: &Properties) -> Result<u16, String> {
+        if self == Service::Server && !props.contains(keys::API_PORT) {
+            return props.get_or(keys::LEGACY_API_PORT, self.default_port());
+        }
         props.get_or(self.port_key(), self.default_port())
     }
 

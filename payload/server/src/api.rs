@@ -38,6 +38,8 @@ const fn opt(name: &'static str, description: &'static str) -> Param {
 /// What a handler gets.
 pub struct Call<'a> {
     pub conn: &'a Connection,
+    /// The release this server is, which decides e.g. which global configs exist.
+    pub release: &'a semver::Version,
     pub params: &'a Map<String, Value>,
     pub session: Option<String>,
 }
@@ -197,7 +199,7 @@ fn required<'a>(c: &'a Call, k: &str) -> Result<&'a str, ApiError> {
 }
 
 fn log_in(c: &Call) -> Result<Value, ApiError> {
-    let ttl: i64 = globalconfig::value(c.conn, "identity", "session.timeout")?
+    let ttl: i64 = globalconfig::value(c.conn, c.release, "identity", "session.timeout")?
         .parse()
         .unwrap_or(7200);
     let (session, account, expiry) = auth::login(
@@ -241,7 +243,7 @@ fn update_global_config(c: &Call) -> Result<Value, ApiError> {
         required(c, "name")?,
         required(c, "value")?,
     );
-    globalconfig::update(c.conn, cat, name, value)?;
+    globalconfig::update(c.conn, c.release, cat, name, value)?;
     let inv = Query {
         conditions: vec![
             ("category".into(), "=".into(), cat.into()),

@@ -7,6 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::ApiError;
 
 pub struct GlobalConfigDef {
+    /// The releases that have this declaration: `since <= release < until`.
+    pub since: (u64, u64, u64),
+    pub until: Option<(u64, u64, u64)>,
     pub category: &'static str,
     pub name: &'static str,
     pub kind: &'static str,
@@ -19,7 +22,21 @@ pub struct GlobalConfigDef {
 }
 
 pub const DEFS: &[GlobalConfigDef] = &[
+    // 1.1 stored the cache mode as an integer; 1.2.0's migration maps it to libvirt's names.
     GlobalConfigDef {
+        since: (1, 1, 0),
+        until: Some((1, 2, 0)),
+        category: "kvm",
+        name: "vm.cacheMode",
+        kind: "integer",
+        default: "0",
+        description: "libvirt disk cache mode of VMs: 0 = none, 1 = writethrough, 2 = writeback",
+        allowed: &[],
+        range: Some((0, 2)),
+    },
+    GlobalConfigDef {
+        since: (1, 2, 0),
+        until: None,
         category: "kvm",
         name: "vm.cacheMode",
         kind: "enum",
@@ -29,6 +46,8 @@ pub const DEFS: &[GlobalConfigDef] = &[
         range: None,
     },
     GlobalConfigDef {
+        since: (1, 0, 0),
+        until: None,
         category: "identity",
         name: "session.timeout",
         kind: "integer",
@@ -39,9 +58,19 @@ pub const DEFS: &[GlobalConfigDef] = &[
     },
 ];
 
-pub fn find(category: &str, name: &str) -> Option<&'static GlobalConfigDef> {
+/// The declarations of `release`.
+pub fn defs_for(release: &semver::Version) -> impl Iterator<Item = &'static GlobalConfigDef> + '_ {
+    let r = (release.major, release.minor, release.patch);
     DEFS.iter()
-        .find(|d| d.category == category && d.name == name)
+        .filter(move |d| d.since <= r && d.until.is_none_or(|u| r < u))
+}
+
+pub fn find(
+    release: &semver::Version,
+    category: &str,
+    name: &str,
+) -> Option<&'static GlobalConfigDef> {
+    defs_for(release).find(|d| d.category == category && d.name == name)
 }
 
 impl GlobalConfigDef {
@@ -76,8 +105,8 @@ impl GlobalConfigDef {
 }
 
 /// Inserts every declared config that the table lacks, with its default.
-pub fn seed(conn: &Connection) -> Result<(), ApiError> {
-    for d in DEFS {
+pub fn seed(conn: &Connection, release: &semver::Version) -> Result<(), ApiError> {
+    for d in defs_for(release) {
         conn.execute(
             "INSERT OR IGNORE INTO global_config (category, name, value, default_value, description)
              VALUES (?1, ?2, ?3, ?3, ?4)",
@@ -88,7 +117,12 @@ pub fn seed(conn: &Connection) -> Result<(), ApiError> {
 }
 
 /// The current value of a declared config.
-pub fn value(conn: &Connection, category: &str, name: &str) -> Result<String, ApiError> {
+pub fn value(
+    conn: &Connection,
+    release: &semver::Version,
+    category: &str,
+    name: &str,
+) -> Result<String, ApiError> {
     let v: Option<String> = conn
         .query_row(
             "SELECT value FROM global_config WHERE category = ?1 AND name = ?2",
@@ -97,15 +131,20 @@ pub fn value(conn: &Connection, category: &str, name: &str) -> Result<String, Ap
         )
         .optional()?;
     Ok(
-        v.or_else(|| find(category, name).map(|d| d.default.to_string()))
+        v.or_else(|| find(release, category, name).map(|d| d.default.to_string()))
             .unwrap_or_default(),
     )
 }
 
-pub fn update(conn: &Connection, category: &str, name: &str, value: &str) -> Result<(), ApiError> {
-    let def = find(category, name).ok_or_else(|| {
-        let known: Vec<String> = DEFS
-            .iter()
+pub fn update(
+    conn: &Connection,
+    release: &semver::Version,
+    category: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), ApiError> {
+    let def = find(release, category, name).ok_or_else(|| {
+        let known: Vec<String> = defs_for(release)
             .map(|d| format!("{}/{}", d.category, d.name))
             .collect();
         ApiError::invalid(

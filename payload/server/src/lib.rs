@@ -26,6 +26,7 @@ use zstack_common::service::{keys, Service};
 use zstack_common::{Layout, Properties, Release};
 
 struct ServerState {
+    release: semver::Version,
     db: Mutex<rusqlite::Connection>,
 }
 
@@ -47,7 +48,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     check_schema(layout, &release)?;
     let db_path = layout.host(layout.db_file());
     let conn = zstack_db::open_existing(&db_path)?;
-    globalconfig::seed(&conn).map_err(|e| anyhow::anyhow!(e.message))?;
+    globalconfig::seed(&conn, &release.semver()?).map_err(|e| anyhow::anyhow!(e.message))?;
     if let Some(pw) = props.get(keys::ADMIN_PASSWORD).filter(|p| !p.is_empty()) {
         if auth::ensure_admin(&conn, pw).map_err(|e| anyhow::anyhow!(e.message))? {
             log.info("created the admin account from zstack.properties");
@@ -55,6 +56,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     }
 
     let state = Arc::new(ServerState {
+        release: release.semver()?,
         db: Mutex::new(conn),
     });
     let app = Router::new()
@@ -140,7 +142,7 @@ async fn call_api(
             })?;
             auth::check_session(&conn, s)?;
         }
-        (spec.handler)(&api::Call { conn: &conn, params: &params, session })
+        (spec.handler)(&api::Call { conn: &conn, release: &state.release, params: &params, session })
     })
     .await;
     match outcome {
