@@ -57,6 +57,9 @@ pub struct Summary {
     pub product: String,
     pub version: String,
     pub mode: &'static str,
+    /// With `-u`: the release upgraded from, and the verified backup taken first.
+    pub upgraded_from: Option<String>,
+    pub backup: Option<PathBuf>,
     pub sysroot: Option<PathBuf>,
     pub install_root: PathBuf,
     pub release_dir: PathBuf,
@@ -77,6 +80,20 @@ pub struct Summary {
     pub warnings: Vec<String>,
     pub elapsed_ms: u128,
 }
+
+/// The steps of an upgrade (`-u`), in order.
+const UPGRADE_STEPS: &[(&str, &str)] = &[
+    ("unpack", "Unpack the new release"),
+    ("backup", "Back up the database (verified)"),
+    ("stop", "Stop the management node"),
+    ("migrate", "Migrate the database"),
+    ("config", "Migrate zstack.properties"),
+    ("current", "Switch `current`"),
+    ("links", "Link the commands into /usr/bin"),
+    ("units", "Re-render the systemd units"),
+    ("cron", "Keep the backup crontab line"),
+    ("start", "Restart the services"),
+];
 
 /// The steps of an install, in order.
 const STEPS: &[(&str, &str)] = &[
@@ -103,6 +120,10 @@ struct Run<'a> {
     templates: Option<Templates>,
     /// Safety copies that are removed once the whole run has succeeded.
     discard_on_success: Vec<PathBuf>,
+    /// With `-u`: the release being upgraded from.
+    upgrade_from: Option<semver::Version>,
+    /// With `-u`: the verified backup taken before the database changes.
+    backup: Option<PathBuf>,
 }
 
 /// Runs an install. On failure the host has been rolled back and the error says what failed.
@@ -154,11 +175,25 @@ pub fn install(
 
     // 0 + 1: what is here, and preflight.
     let mut problems = existing_install_problems(opts, &layout, &version);
+    let upgrade_from = if opts.upgrade {
+        Release::current(&layout).and_then(|r| r.semver().ok())
+    } else {
+        None
+    };
+    let db_size = std::fs::metadata(layout.host(layout.db_file()))
+        .map(|m| m.len())
+        .unwrap_or(0);
     let pre = Preflight {
         opts,
         layout: &layout,
         services: &services,
         unpacked_size: bin.trailer.unpacked_size,
+        // The backup and its verification copy.
+        extra_data: if upgrade_from.is_some() {
+            db_size * 2
+        } else {
+            0
+        },
     };
     let findings = match pre.run() {
         Ok(f) if problems.is_empty() => f,
@@ -205,7 +240,11 @@ pub fn install(
         rep.set_log(log);
     }
     rep.info(&format!(
-        "Installing {} {} ({}) on {}{}",
+        "{} {} {} ({}) on {}{}",
+        match &upgrade_from {
+            Some(from) => format!("Upgrading from {from} to"),
+            None => "Installing".to_string(),
+        },
         bin.trailer.product,
         version,
         if opts.host_only {
@@ -227,15 +266,28 @@ pub fn install(
         bin,
         version,
         services,
-        undo: UndoLog::on_disk(journal, format!("install of {}", bin.trailer.version))?,
+        undo: UndoLog::on_disk(
+            journal,
+            match &upgrade_from {
+                Some(from) => format!("upgrade from {from} to {}", bin.trailer.version),
+                None => format!("install of {}", bin.trailer.version),
+            },
+        )?,
         management_ip,
         admin_password: None,
         props: None,
         templates: None,
         discard_on_success: Vec::new(),
+        upgrade_from,
+        backup: None,
     };
     let mut reports = Vec::new();
-    let steps: Vec<_> = STEPS.iter().filter(|(id, _)| run.wants(id)).collect();
+    let plan = if run.upgrade_from.is_some() {
+        UPGRADE_STEPS
+    } else {
+        STEPS
+    };
+    let steps: Vec<_> = plan.iter().filter(|(id, _)| run.wants(id)).collect();
     let total = steps.len();
     for (i, (id, title)) in steps.iter().enumerate() {
         rep.step_start(i + 1, total, title);
@@ -277,6 +329,10 @@ pub fn install(
     }
 
     run.undo.commit();
+    if let Some(from) = &run.upgrade_from {
+        // The release upgraded from is kept (for a manual roll back) until the next upgrade.
+        prune_old_releases(&run.layout, &[from.to_string(), run.version.to_string()]);
+    }
     for p in &run.discard_on_success {
         let _ = if p.is_dir() {
             std::fs::remove_dir_all(p)
@@ -298,11 +354,15 @@ pub fn install(
         ok: true,
         product: run.bin.trailer.product.clone(),
         version: run.version.to_string(),
-        mode: if opts.host_only {
+        mode: if run.upgrade_from.is_some() {
+            "upgrade"
+        } else if opts.host_only {
             "host-only"
         } else {
             "all-in-one"
         },
+        upgraded_from: run.upgrade_from.as_ref().map(|v| v.to_string()),
+        backup: run.backup.clone(),
         sysroot: l.is_sysroot().then(|| l.sysroot().to_path_buf()),
         install_root: l.install_root().to_path_buf(),
         release_dir: l.version_dir(&run.version.to_string()),
@@ -362,12 +422,41 @@ fn bail_ok_dry_run() -> anyhow::Result<()> {
 pub struct DryRunDone;
 
 /// What a plain install must refuse given what is already installed.
+/// Removes release trees other than `keep` (and any leftover staging directory).
+fn prune_old_releases(layout: &Layout, keep: &[String]) {
+    let Ok(rd) = std::fs::read_dir(layout.host(layout.versions_dir())) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn existing_install_problems(
     opts: &Options,
     layout: &Layout,
     version: &semver::Version,
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    if opts.upgrade {
+        match Release::current(layout).map(|r| (r.version.clone(), r.semver())) {
+            None => problems.push(format!(
+                "ZStack is not installed here, so there is nothing to upgrade; install it with: bash zstack-installer-{version}.bin"
+            )),
+            Some((v, Err(_))) => problems.push(format!("the installed release has an unreadable version {v:?}")),
+            Some((_, Ok(v))) if &v > version && !opts.force => problems.push(format!(
+                "ZStack {v} is installed here, newer than {version}: a downgrade is refused (-F forces it)"
+            )),
+            Some((_, Ok(v))) if &v == version && !opts.force => problems.push(format!(
+                "ZStack {v} is already installed here: nothing to upgrade (-F runs it again)"
+            )),
+            Some(_) => {}
+        }
+        return problems;
+    }
     if let Some(installed) = Release::current(layout) {
         if let Ok(v) = installed.semver() {
             if &v < version {
@@ -543,8 +632,11 @@ fn take_lock(layout: &Layout) -> anyhow::Result<InstallerLock> {
 impl Run<'_> {
     fn wants(&self, id: &str) -> bool {
         let server = self.services.contains(&Service::Server);
+        let upgrade = self.upgrade_from.is_some();
         match id {
-            "database" | "cron" => server,
+            "backup" | "stop" | "migrate" => upgrade && server,
+            "database" => !upgrade && server,
+            "cron" => server,
             "start" => !self.opts.no_start && !self.layout.is_sysroot(),
             _ => true,
         }
@@ -557,6 +649,9 @@ impl Run<'_> {
             "links" => self.link_commands(),
             "config" => self.write_config(),
             "database" => self.create_database(),
+            "backup" => self.backup_db(),
+            "stop" => self.stop_server(),
+            "migrate" => self.migrate_db(),
             "units" => self.install_units(),
             "cron" => self.install_cron(),
             "start" => self.start(rep),
@@ -566,6 +661,65 @@ impl Run<'_> {
 
     fn version_str(&self) -> String {
         self.version.to_string()
+    }
+
+    fn backup_db(&mut self) -> anyhow::Result<(bool, String)> {
+        let from = self.upgrade_from.clone().context("not an upgrade")?;
+        let name = format!("zstack-upgrade-{from}-to-{}", self.version);
+        let r = zstack_ctl::backup::dump(&self.layout, &name, 10)
+            .context("the backup before the upgrade failed; the upgrade is aborted")?;
+        self.backup = Some(r.file.clone());
+        Ok((
+            true,
+            format!("{} (restored, integrity_check passed)", r.file.display()),
+        ))
+    }
+
+    fn stop_server(&mut self) -> anyhow::Result<(bool, String)> {
+        let l = self.layout.clone();
+        if l.is_sysroot() {
+            return Ok((false, "nothing runs in a sysroot".into()));
+        }
+        let init = InitSystem::detect(&l);
+        if zstack_ctl::lifecycle::service_pid(&l, init, Service::Server).is_none() {
+            return Ok((false, "the management node was not running".into()));
+        }
+        self.undo.push(Undo::Start(vec![Service::Server]));
+        zstack_ctl::lifecycle::stop(&l, &[Service::Server], zstack_ctl::lifecycle::STOP_TIMEOUT)?;
+        Ok((
+            true,
+            "stopped; the host agent and the VMs keep running".into(),
+        ))
+    }
+
+    fn migrate_db(&mut self) -> anyhow::Result<(bool, String)> {
+        let l = self.layout.clone();
+        let backup = self.backup.clone().context("no backup was taken")?;
+        let db = l.host(l.db_file());
+        let shipped = zstack_db::load_migrations(
+            &l.host(l.version_dir(&self.version_str()).join("migrations")),
+        )?;
+        self.undo.push(Undo::RestoreDb { backup });
+        let conn = zstack_db::open_existing(&db)?;
+        let ledger = zstack_db::MigrationLedger::new(&conn, &db)?;
+        let before = ledger.schema_version()?;
+        let applied = ledger.migrate(&shipped, &self.version)?;
+        let names: Vec<&str> = applied.iter().map(|m| m.file.as_str()).collect();
+        Ok((
+            !applied.is_empty(),
+            format!(
+                "schema {} -> {}: {}",
+                before
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                self.version,
+                if names.is_empty() {
+                    "nothing to apply".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ))
     }
 
     /// Creates `dir` (host path) and records the directories it made.
@@ -768,6 +922,14 @@ impl Run<'_> {
                     &String::from_utf8_lossy(&bytes),
                     &path.display().to_string(),
                 )?;
+                let mut renamed = Vec::new();
+                if let Some(from) = &self.upgrade_from {
+                    for step in crate::upgrade_steps::config_steps_between(from, &self.version) {
+                        if (step.apply)(&mut props) {
+                            renamed.push(step.what);
+                        }
+                    }
+                }
                 let added = props.add_missing(&defaults);
                 if added.iter().any(|k| k == keys::ADMIN_PASSWORD) {
                     self.admin_password = Some(password);
@@ -777,6 +939,9 @@ impl Run<'_> {
                 } else {
                     format!("your settings kept; added {}", added.join(", "))
                 };
+                for r in renamed {
+                    what.push_str(&format!("; {r}"));
+                }
                 if let Some(ip) = &self.opts.management_ip {
                     if props.set(keys::MANAGEMENT_IP, ip) {
                         what.push_str(&format!("; {} set to {ip} (-I)", keys::MANAGEMENT_IP));
@@ -978,6 +1143,8 @@ impl Run<'_> {
             }
         }
         if !restarted.is_empty() {
+            // A failure later starts them again, as the release that is current by then.
+            self.undo.push(Undo::Start(restarted.clone()));
             zstack_ctl::lifecycle::stop(&l, &restarted, zstack_ctl::lifecycle::STOP_TIMEOUT)?;
             to_start.extend(restarted.iter().copied());
         }
@@ -994,6 +1161,17 @@ impl Run<'_> {
             rep.detail("systemd is not PID 1: zstack-ctl supervises the services");
         }
         zstack_ctl::lifecycle::start(&l, &props, &to_start, Duration::from_secs(90))?;
+        for &s in &to_start {
+            let h = zstack_ctl::lifecycle::check_health(&props, s).map_err(anyhow::Error::msg)?;
+            if h.version != self.version.to_string() {
+                bail!(
+                    "{} answers as release {}, not {}",
+                    s.name(),
+                    h.version,
+                    self.version
+                );
+            }
+        }
         let names: Vec<_> = to_start.iter().map(|s| s.name()).collect();
         Ok((
             true,

@@ -13,6 +13,7 @@ pub mod options;
 pub mod preflight;
 pub mod report;
 pub mod undo;
+pub mod upgrade_steps;
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;

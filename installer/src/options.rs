@@ -28,6 +28,9 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub extract: Option<PathBuf>,
 
+    /// Upgrade the installed release to this one (1.0.x and 1.1.x and older 1.2 patch levels).
+    #[arg(short = 'u')]
+    pub upgrade: bool,
     /// Install root.
     #[arg(short = 'r', value_name = "DIR", default_value = "/usr/local/zstack")]
     pub install_root: PathBuf,

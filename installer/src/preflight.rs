@@ -26,6 +26,8 @@ pub struct Preflight<'a> {
     pub services: &'a [Service],
     /// Bytes the release tree takes unpacked.
     pub unpacked_size: u64,
+    /// Bytes wanted beyond that in the data directory (an upgrade's DB backup).
+    pub extra_data: u64,
 }
 
 impl Preflight<'_> {
@@ -145,11 +147,12 @@ impl Preflight<'_> {
     fn check_disk(&self, problems: &mut Vec<String>) {
         let l = self.layout;
         let need_tree = self.unpacked_size * 2; // the tree, and its staging copy while unpacking
-        let need_data = if self.services.contains(&Service::Server) {
-            DATA_RESERVE
-        } else {
-            16 << 20
-        };
+        let need_data = self.extra_data
+            + if self.services.contains(&Service::Server) {
+                DATA_RESERVE
+            } else {
+                16 << 20
+            };
         let places = [
             (l.host(l.install_root()), need_tree, "the release tree"),
             (
