@@ -31,6 +31,8 @@ test-unit:
 	$(CARGO) test --locked --workspace --exclude zstack-tests
 
 test-integration:
+	$(MAKE) bin VERSION=1.0.0
+	$(MAKE) bin VERSION=1.1.0
 	$(MAKE) bin VERSION=1.2.0
 	$(CARGO) test --locked -p zstack-tests -- --include-ignored --test-threads=1
 

@@ -140,6 +140,7 @@ pub const HOST_PATHS: &[&str] = &[
     "/etc/systemd/system/zstack-kvmagent.service",
     "/etc/systemd/system/multi-user.target.wants",
     "/run/zstack",
+    "/var/lib/zstack-installer.journal",
 ];
 
 /// A snapshot of the host's ZStack paths and root's crontab.
