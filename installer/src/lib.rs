@@ -229,6 +229,16 @@ fn print_summary(s: &Summary) {
             s.version,
             r.display()
         );
+    } else if let Some(from) = &s.upgraded_from {
+        println!(
+            "{} is upgraded from {from} to {}{}.",
+            s.product,
+            s.version,
+            if s.services_started { " and running" } else { "" }
+        );
+        if let Some(b) = &s.backup {
+            println!("The database as it was before is backed up in {}", root(b));
+        }
     } else if s.services_started {
         println!("{} {} is installed and running.", s.product, s.version);
     } else {
