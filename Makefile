@@ -38,9 +38,11 @@ test-integration:
 
 ## make bench: speed and size figures (printed)
 bench:
+	$(MAKE) bin VERSION=1.1.0
 	$(MAKE) bin VERSION=1.2.0
 	bash scripts/bench-installer.sh
 	bash scripts/bench-backup.sh
+	bash scripts/bench-upgrade.sh
 
 clean:
 	$(CARGO) clean
