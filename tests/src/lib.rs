@@ -354,3 +354,49 @@ fn semver_triplet(v: &str) -> (u64, u64, u64) {
         it.next().unwrap_or(0),
     )
 }
+
+/// Waits until `done` holds, failing the test with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until the installer run logging to `log` pauses after `step` (ZSTACK_FAILPOINT=<step>:pause).
+pub fn wait_for_pause(log: &Path, step: &str) {
+    let needle = format!("paused after step {step} ");
+    wait_until(
+        &format!("the installer to pause after {step}"),
+        std::time::Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(&needle)
+        },
+    );
+}
+
+/// Sends `sig` to the process group that `child` leads (as a terminal or `kill -9 -<pgid>` does)
+/// and waits for the child.
+pub fn signal_group(
+    child: std::process::Child,
+    sig: nix::sys::signal::Signal,
+) -> std::process::Output {
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::killpg(pgid, sig).expect("signal the process group");
+    child.wait_with_output().expect("wait for the killed run")
+}
+
+/// The highest migration version in the ledger of the DB at `db`.
+pub fn schema_version(db: &Path) -> String {
+    let c = rusqlite::Connection::open(db).expect("open db");
+    c.query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+        r.get(0)
+    })
+    .expect("ledger")
+}

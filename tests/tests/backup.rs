@@ -452,13 +452,8 @@ fn an_older_backup_is_restored_and_migrated() {
         out.contains("migrated the restored database from schema 1.1.0"),
         "{out}"
     );
+    assert_eq!(schema_version(&z.db()), "1.2.0");
     let c = rusqlite::Connection::open(z.db()).unwrap();
-    let top: String = c
-        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(top, "1.2.0");
     let mode: String = c
         .query_row(
             "SELECT value FROM global_config WHERE name = 'vm.cacheMode'",
@@ -606,13 +601,8 @@ fn upgrade_db_backs_up_then_migrates_and_refuses_a_changed_migration() {
         1,
         "a verified backup first"
     );
+    assert_eq!(schema_version(&z.db()), "1.2.0");
     let c = rusqlite::Connection::open(z.db()).unwrap();
-    let top: String = c
-        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(top, "1.2.0");
     let zone: String = c
         .query_row("SELECT name FROM zone WHERE uuid = 'z0'", [], |r| r.get(0))
         .unwrap();

@@ -475,12 +475,7 @@ fn ctrl_c_rolls_back_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = signal_group(child, nix::sys::signal::Signal::SIGINT);
     assert_eq!(
         out.status.code(),
         Some(130),
@@ -560,7 +555,7 @@ fn a_second_installer_is_refused_and_names_the_first() {
     let bin = bin_path(V);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let mut first = bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()])
+    let first = bin_cmd(&bin, &["--sysroot", root.to_str().unwrap()])
         .env("ZSTACK_FAILPOINT", "unpack:pause")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -590,12 +585,7 @@ fn a_second_installer_is_refused_and_names_the_first() {
         text(&o)
     );
     assert_eq!(diff(&before, &sysroot_state(&root)), Vec::<String>::new());
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(first.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    first.wait().unwrap();
+    signal_group(first, nix::sys::signal::Signal::SIGINT);
     assert_eq!(sysroot_state(&root), Snapshot::new());
 }
 
@@ -1098,26 +1088,9 @@ fn a_run_killed_half_way_is_rolled_back_by_the_next_one() {
             .spawn()
             .unwrap();
         let journal = root.join("var/lib/zstack-installer.journal");
-        let log = root.join("var/log/zstack-installer.log");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(&format!("paused after step {step} ")) && journal.exists() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{step}: the run never reached the step"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_pause(&root.join("var/log/zstack-installer.log"), step);
         // kill -9, the whole run at once: nothing gets to clean up.
-        nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let _ = child.wait_with_output();
+        signal_group(child, nix::sys::signal::Signal::SIGKILL);
         assert!(journal.exists(), "{step}: the journal survives the kill");
 
         // A dry run only reports it.

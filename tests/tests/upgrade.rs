@@ -5,7 +5,6 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zstack_tests::*;
@@ -302,20 +301,8 @@ fn an_upgrade_killed_at_any_step_is_rolled_back_by_the_next_run() {
             .process_group(0)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string("/var/log/zstack-installer.log")
-            .unwrap_or_default()
-            .contains(&format!("paused after step {step} "))
-        {
-            assert!(Instant::now() < deadline, "{step}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let _ = child.wait_with_output();
+        wait_for_pause(Path::new("/var/log/zstack-installer.log"), step);
+        signal_group(child, nix::sys::signal::Signal::SIGKILL);
         assert!(
             Path::new("/var/lib/zstack-installer.journal").exists(),
             "{step}: journal left"
