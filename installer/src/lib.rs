@@ -234,7 +234,11 @@ fn print_summary(s: &Summary) {
             "{} is upgraded from {from} to {}{}.",
             s.product,
             s.version,
-            if s.services_started { " and running" } else { "" }
+            if s.services_started {
+                " and running"
+            } else {
+                ""
+            }
         );
         if let Some(b) = &s.backup {
             println!("The database as it was before is backed up in {}", root(b));

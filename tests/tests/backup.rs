@@ -558,9 +558,20 @@ fn taillog_prints_the_end_and_follows() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
+    // Lines are read on a thread, so a missing line fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let timeout = std::time::Duration::from_secs(10);
+    let first = rx
+        .recv_timeout(timeout)
+        .expect("taillog prints the last line");
     assert_eq!(first.trim(), "line 10");
     std::fs::OpenOptions::new()
         .append(true)
@@ -568,10 +579,10 @@ fn taillog_prints_the_end_and_follows() {
         .unwrap()
         .write_all(b"appended later\n")
         .unwrap();
-    let mut next = String::new();
-    reader.read_line(&mut next).unwrap();
+    let next = rx.recv_timeout(timeout);
     let _ = child.kill();
     let _ = child.wait();
+    let next = next.expect("taillog follows what is appended");
     assert_eq!(next.trim(), "appended later");
 }
 

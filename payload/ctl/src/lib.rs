@@ -354,11 +354,16 @@ fn taillog(path: &Path, lines: usize, follow: bool) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    println!("{}", lifecycle::tail(path, lines));
+    // The tail and the follow start from one length, so no line written in between is lost.
+    let mut head = Vec::new();
+    f.read_to_end(&mut head)?;
+    let mut pos = head.len() as u64;
+    let text = String::from_utf8_lossy(&head);
+    let all: Vec<&str> = text.lines().collect();
+    println!("{}", all[all.len().saturating_sub(lines)..].join("\n"));
     if !follow {
         return Ok(());
     }
-    let mut pos = f.seek(SeekFrom::End(0))?;
     let mut buf = Vec::new();
     loop {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
