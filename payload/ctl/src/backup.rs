@@ -158,12 +158,21 @@ pub fn latest_backup(dir: &Path) -> Option<BackupFile> {
             let (name, stamp) = stem.split_at(stem.len().checked_sub(20)?);
             let taken =
                 NaiveDateTime::parse_from_str(stamp.strip_prefix('-')?, TIME_FORMAT).ok()?;
-            (!name.is_empty()).then(|| BackupFile {
-                path: e.path(),
-                taken,
+            // Names have whole seconds; the file's mtime orders two backups of one second.
+            let mtime = e.metadata().and_then(|m| m.modified()).ok();
+            (!name.is_empty()).then(|| {
+                (
+                    taken,
+                    mtime,
+                    BackupFile {
+                        path: e.path(),
+                        taken,
+                    },
+                )
             })
         })
-        .max_by_key(|b| b.taken)
+        .max_by_key(|(taken, mtime, _)| (*taken, *mtime))
+        .map(|(_, _, b)| b)
 }
 
 fn is_enospc(e: &io::Error) -> bool {

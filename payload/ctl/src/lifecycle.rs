@@ -192,6 +192,11 @@ fn spawn_supervisor(layout: &Layout, service: Service) -> anyhow::Result<()> {
     let ctl = layout.host(layout.current_bin("zstack-ctl"));
     Command::new(&ctl)
         .args(["supervise", service.name()])
+        // Not the caller's directory (the installer's is a temporary one, removed when it
+        // exits), nor its installer-only variables.
+        .current_dir("/")
+        .env_remove("ZSTACK_BIN_PATH")
+        .env_remove("ZSTACK_FAILPOINT")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
