@@ -19,13 +19,19 @@ fn main() {
     let code = match name.as_str() {
         "zstack-server" => service(zstack_server::run()),
         "zstack-kvmagent" => service(zstack_kvmagent::run()),
-        "zstack-ctl" => zstack_ctl::main_with_args(args),
-        "zstack-cli" => zstack_cli::main_with_args(
-            args.iter()
-                .skip(1)
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-        ),
+        "zstack-ctl" => {
+            default_sigpipe();
+            zstack_ctl::main_with_args(args)
+        }
+        "zstack-cli" => {
+            default_sigpipe();
+            zstack_cli::main_with_args(
+                args.iter()
+                    .skip(1)
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+            )
+        }
         other => {
             eprintln!(
                 "zstack: run me as zstack-server, zstack-kvmagent, zstack-ctl or zstack-cli (not {other:?})"
@@ -34,6 +40,16 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `zstack-ctl status | head` must end quietly, as any Unix tool does, not panic on the closed
+/// pipe; Rust starts with SIGPIPE ignored. Only the two short-lived tools get the default back:
+/// the services keep ignoring it, so a client that hangs up cannot kill them.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn service(result: anyhow::Result<()>) -> i32 {
