@@ -185,20 +185,13 @@ fn apply(layout: &Layout, u: &Undo) -> anyhow::Result<()> {
         Undo::RestoreDb { backup } => {
             // The management node is stopped by then (its Start entry comes later in the replay).
             let db = layout.host(layout.db_file());
-            let scratch = db.with_file_name(format!(".restore-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&scratch);
-            std::fs::create_dir_all(&scratch)?;
-            let result = (|| -> anyhow::Result<()> {
-                let verified = zstack_ctl::backup::verify_file(backup, &scratch)?;
-                for suffix in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-                }
-                std::fs::rename(&verified.db, &db)?;
-                std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))?;
-                Ok(())
-            })();
-            let _ = std::fs::remove_dir_all(&scratch);
-            result?;
+            let dir = db.parent().unwrap_or(Path::new("/"));
+            let scratch = zstack_ctl::backup::Scratch::dir_in(
+                dir,
+                &format!(".restore-{}", std::process::id()),
+            )?;
+            let verified = zstack_ctl::backup::verify_file(backup, scratch.path())?;
+            zstack_ctl::backup::install_db(&verified.db, &db)?;
         }
         Undo::DaemonReload => {
             let _ = std::process::Command::new("systemctl")

@@ -179,8 +179,34 @@ fn is_enospc(e: &io::Error) -> bool {
     e.raw_os_error() == Some(nix::libc::ENOSPC) || e.raw_os_error() == Some(nix::libc::EDQUOT)
 }
 
-/// Removes what it guards unless disarmed: partial files and scratch directories.
-struct Scratch(Vec<PathBuf>);
+/// Removes what it guards when dropped: partial files and scratch directories. Dump, restore
+/// and the installer's rollback all work through one.
+pub struct Scratch(Vec<PathBuf>);
+
+impl Scratch {
+    /// A new, empty directory `parent/name`, removed on drop.
+    pub fn dir_in(parent: &Path, name: &str) -> io::Result<Scratch> {
+        let p = parent.join(name);
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir(&p)?;
+        Ok(Scratch(vec![p]))
+    }
+
+    /// The directory (or first path) it guards.
+    pub fn path(&self) -> &Path {
+        &self.0[0]
+    }
+
+    /// Guards `p` too.
+    pub fn guard(&mut self, p: PathBuf) {
+        self.0.push(p);
+    }
+
+    /// Stops guarding `p`: it is kept.
+    pub fn keep(&mut self, p: &Path) {
+        self.0.retain(|x| x != p);
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -192,6 +218,20 @@ impl Drop for Scratch {
             };
         }
     }
+}
+
+/// Puts the database file `from` in place at `db`: stale `-wal`/`-shm` files of the DB it
+/// replaces are removed first (they would be replayed into the new file), and the new file is
+/// copied beside `db` with mode 0600 and renamed over it, so `db` is never half-written.
+pub fn install_db(from: &Path, db: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let staged = PathBuf::from(format!("{}.restoring", db.display()));
+    fs::copy(from, &staged)?;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&staged, db)
 }
 
 /// `zstack-ctl dump_mysql`.
@@ -220,8 +260,6 @@ pub fn dump(layout: &Layout, file_name: &str, keep_amount: usize) -> Result<Dump
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let partial = dir.join(format!(".{file_name}-{stamp}.zst.partial"));
-    let scratch_dir = dir.join(format!(".dump-{}-{stamp}", std::process::id()));
-    let mut scratch = Scratch(vec![partial.clone(), scratch_dir.clone()]);
     let full = |e: io::Error, what: &str| {
         if is_enospc(&e) {
             BackupError::DiskFull { dir: dir.clone() }
@@ -232,7 +270,10 @@ pub fn dump(layout: &Layout, file_name: &str, keep_amount: usize) -> Result<Dump
             }
         }
     };
-    fs::create_dir(&scratch_dir).map_err(|e| full(e, "cannot create a scratch directory"))?;
+    let mut scratch = Scratch::dir_in(&dir, &format!(".dump-{}-{stamp}", std::process::id()))
+        .map_err(|e| full(e, "cannot create a scratch directory"))?;
+    scratch.guard(partial.clone());
+    let scratch_dir = scratch.path().to_path_buf();
 
     // 3. Consistent snapshot through the online backup API, in one step.
     let snapshot = scratch_dir.join(DB_ENTRY);
@@ -280,7 +321,7 @@ pub fn dump(layout: &Layout, file_name: &str, keep_amount: usize) -> Result<Dump
     // 6. Into place, then rotate.
     fs::rename(&partial, &final_path).map_err(io_ctx("cannot move the backup into place"))?;
     zstack_common::fsutil::sync_dir(&dir).map_err(io_ctx("cannot sync the backup directory"))?;
-    scratch.0.retain(|p| p != &partial);
+    scratch.keep(&partial);
     drop(scratch);
 
     let ours = list_backups(&dir, file_name)?;

@@ -37,7 +37,13 @@ pub fn restore(layout: &Layout, from: &Path) -> anyhow::Result<RestoreReport> {
     let backup_dir = layout.host(layout.backup_dir());
     std::fs::create_dir_all(&backup_dir)
         .with_context(|| format!("cannot create {}", backup_dir.display()))?;
-    let scratch = tempdir_in(&backup_dir)?;
+    let scratch = backup::Scratch::dir_in(&backup_dir, &format!(".restore-{}", std::process::id()))
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                backup_dir.display()
+            )
+        })?;
 
     // 1 + 2.
     let verified = backup::verify_file(from, scratch.path())?;
@@ -96,16 +102,7 @@ pub fn restore(layout: &Layout, from: &Path) -> anyhow::Result<RestoreReport> {
             }
             std::fs::rename(&db, &aside)?;
         }
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        let staged = PathBuf::from(format!("{}.restoring", db.display()));
-        std::fs::copy(&verified.db, &staged)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        }
-        std::fs::rename(&staged, &db)?;
+        backup::install_db(&verified.db, &db)?;
         if let Some(p) = &verified.properties {
             let text = std::fs::read_to_string(p)?;
             Properties::parse(&text, "the backup's zstack.properties")?;
@@ -159,26 +156,4 @@ fn start_server(layout: &Layout) -> anyhow::Result<()> {
     let props = Properties::load(&layout.host(layout.properties_file()))?;
     lifecycle::start(layout, &props, &[Service::Server], lifecycle::START_TIMEOUT)?;
     Ok(())
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir_in(dir: &Path) -> anyhow::Result<Scratch> {
-    let p = dir.join(format!(".restore-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
-    Ok(Scratch(p))
 }
