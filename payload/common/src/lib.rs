@@ -3,6 +3,7 @@
 //! the files under `templates/` ([`templates`]), the two long-running services ([`service`]), and
 //! small file-system primitives that make every write atomic ([`fsutil`]).
 
+pub mod agent_proto;
 pub mod fsutil;
 pub mod health;
 pub mod layout;

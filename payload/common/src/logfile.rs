@@ -4,10 +4,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+/// Cheap to clone: clones append to the same file, one line at a time.
+#[derive(Clone)]
 pub struct LogFile {
-    file: Mutex<File>,
+    file: Arc<Mutex<File>>,
     echo_stderr: bool,
 }
 
@@ -24,7 +26,7 @@ impl LogFile {
             .mode(0o640)
             .open(path)?;
         Ok(LogFile {
-            file: Mutex::new(file),
+            file: Arc::new(Mutex::new(file)),
             echo_stderr,
         })
     }

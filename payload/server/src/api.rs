@@ -1,18 +1,22 @@
 //! The API: every call is `POST /v1/api/<Name>` with a JSON object of parameters. Each call is
-//! declared once in [`APIS`] (name, parameters, whether a session is needed, what it does); the
-//! dispatcher refuses unknown calls and parameters with the closest valid name, and
-//! `GET /v1/apis` serves the same table as the API reference, so the documentation cannot drift
-//! from the code.
+//! declared once (name, parameters, whether a session is needed, synchronous or a job, what it
+//! does) in the `APIS` table of its resource module; [`all`] joins them. The dispatcher refuses
+//! unknown calls and parameters with the closest valid name, and `GET /v1/apis` serves the same
+//! tables as the API reference (docs/API.md is rendered from them and a test keeps it equal), so
+//! the documentation cannot drift from the code.
 
-use rusqlite::{params, Connection};
+use std::sync::Arc;
+
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
 use zstack_common::suggest::closest;
 
-use crate::auth;
 use crate::error::ApiError;
-use crate::globalconfig;
+use crate::job::Job;
 use crate::query::{Query, Table};
+use crate::resources;
+use crate::Node;
 
 pub struct Param {
     pub name: &'static str,
@@ -20,14 +24,14 @@ pub struct Param {
     pub description: &'static str,
 }
 
-const fn req(name: &'static str, description: &'static str) -> Param {
+pub const fn req(name: &'static str, description: &'static str) -> Param {
     Param {
         name,
         required: true,
         description,
     }
 }
-const fn opt(name: &'static str, description: &'static str) -> Param {
+pub const fn opt(name: &'static str, description: &'static str) -> Param {
     Param {
         name,
         required: false,
@@ -35,13 +39,19 @@ const fn opt(name: &'static str, description: &'static str) -> Param {
     }
 }
 
-/// What a handler gets.
+/// What a handler gets: the DB (locked for the call), the node, the parameters.
 pub struct Call<'a> {
     pub conn: &'a Connection,
-    /// The release this server is, which decides e.g. which global configs exist.
-    pub release: &'a semver::Version,
+    pub node: &'a Arc<Node>,
     pub params: &'a Map<String, Value>,
     pub session: Option<String>,
+}
+
+pub enum Handler {
+    /// Answers at once.
+    Sync(fn(&Call) -> Result<Value, ApiError>),
+    /// Checks and reserves at once, then runs the returned job; the caller polls it.
+    Async(fn(&Call) -> Result<Job, ApiError>),
 }
 
 pub struct ApiSpec {
@@ -49,10 +59,16 @@ pub struct ApiSpec {
     pub description: &'static str,
     pub needs_session: bool,
     pub params: &'static [Param],
-    pub handler: fn(&Call) -> Result<Value, ApiError>,
+    pub handler: Handler,
 }
 
-const QUERY_PARAMS: &[Param] = &[
+impl ApiSpec {
+    pub fn is_async(&self) -> bool {
+        matches!(self.handler, Handler::Async(_))
+    }
+}
+
+pub const QUERY_PARAMS: &[Param] = &[
     opt(
         "conditions",
         "list of {name, op, value}; ops: = != > >= < <= ~= !~= ?= !?= is null, not null",
@@ -60,84 +76,29 @@ const QUERY_PARAMS: &[Param] = &[
     opt("fields", "the fields to return"),
     opt("limit", "at most this many results"),
     opt("start", "skip this many results (with limit)"),
+    opt("count", "true: return only {total: N}"),
 ];
 
-pub const APIS: &[ApiSpec] = &[
-    ApiSpec {
-        name: "LogInByAccount",
-        description: "Log in; returns a session uuid to send as `Authorization: OAuth <uuid>`",
-        needs_session: false,
-        params: &[
-            req("accountName", "account name, e.g. admin"),
-            req("password", "the account's password"),
-        ],
-        handler: log_in,
-    },
-    ApiSpec {
-        name: "LogOut",
-        description: "End a session",
-        needs_session: false,
-        params: &[opt(
-            "sessionUuid",
-            "the session to end (default: the caller's)",
-        )],
-        handler: log_out,
-    },
-    ApiSpec {
-        name: "QueryGlobalConfig",
-        description: "Global configs with their values",
-        needs_session: true,
-        params: QUERY_PARAMS,
-        handler: query_global_config,
-    },
-    ApiSpec {
-        name: "UpdateGlobalConfig",
-        description: "Change a global config; the value is validated against its declaration",
-        needs_session: true,
-        params: &[
-            req("category", "e.g. kvm"),
-            req("name", "e.g. vm.cacheMode"),
-            req("value", "the new value"),
-        ],
-        handler: update_global_config,
-    },
-    ApiSpec {
-        name: "CreateZone",
-        description: "Create a zone",
-        needs_session: true,
-        params: &[req("name", "zone name"), opt("description", "free text")],
-        handler: create_zone,
-    },
-    ApiSpec {
-        name: "QueryZone",
-        description: "Zones",
-        needs_session: true,
-        params: QUERY_PARAMS,
-        handler: query_zone,
-    },
-    ApiSpec {
-        name: "UpdateZone",
-        description: "Rename a zone or change its description",
-        needs_session: true,
-        params: &[
-            req("uuid", "the zone"),
-            opt("name", "new name"),
-            opt("description", "new description"),
-        ],
-        handler: update_zone,
-    },
-    ApiSpec {
-        name: "DeleteZone",
-        description: "Delete a zone",
-        needs_session: true,
-        params: &[req("uuid", "the zone")],
-        handler: delete_zone,
-    },
-];
+/// Every call, in the order of the reference.
+pub fn all() -> impl Iterator<Item = &'static ApiSpec> {
+    [
+        resources::account::APIS,
+        resources::zone::APIS,
+        resources::cluster::APIS,
+        resources::host::APIS,
+        resources::storage::APIS,
+        resources::image::APIS,
+        resources::network::APIS,
+        resources::vm::APIS,
+        resources::eip::APIS,
+    ]
+    .into_iter()
+    .flatten()
+}
 
 pub fn find(name: &str) -> Result<&'static ApiSpec, ApiError> {
-    APIS.iter().find(|a| a.name == name).ok_or_else(|| {
-        let closest = closest(name, APIS.iter().map(|a| a.name));
+    all().find(|a| a.name == name).ok_or_else(|| {
+        let closest = closest(name, all().map(|a| a.name));
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "UNKNOWN_API",
@@ -177,12 +138,13 @@ pub fn check_params(spec: &ApiSpec, params: &Map<String, Value>) -> Result<(), A
 /// The reference of every call, as `GET /v1/apis` serves it.
 pub fn reference() -> Value {
     Value::Array(
-        APIS.iter()
+        all()
             .map(|a| {
                 json!({
                     "name": a.name,
                     "description": a.description,
                     "needsSession": a.needs_session,
+                    "async": a.is_async(),
                     "params": a.params.iter().map(|p| json!({"name": p.name, "required": p.required, "description": p.description})).collect::<Vec<_>>(),
                 })
             })
@@ -190,141 +152,213 @@ pub fn reference() -> Value {
     )
 }
 
-fn s<'a>(c: &'a Call, k: &str) -> Option<&'a str> {
-    c.params.get(k).and_then(Value::as_str)
-}
-
-fn required<'a>(c: &'a Call, k: &str) -> Result<&'a str, ApiError> {
-    s(c, k).ok_or_else(|| ApiError::invalid(k, format!("{k} must be a string")))
-}
-
-fn log_in(c: &Call) -> Result<Value, ApiError> {
-    let ttl: i64 = globalconfig::value(c.conn, c.release, "identity", "session.timeout")?
-        .parse()
-        .unwrap_or(7200);
-    let (session, account, expiry) = auth::login(
-        c.conn,
-        required(c, "accountName")?,
-        required(c, "password")?,
-        ttl,
-    )?;
-    Ok(json!({"inventory": {"uuid": session, "accountUuid": account, "expiredDate": expiry}}))
-}
-
-fn log_out(c: &Call) -> Result<Value, ApiError> {
-    let session = s(c, "sessionUuid")
-        .map(str::to_string)
-        .or_else(|| c.session.clone());
-    if let Some(session) = session {
-        auth::logout(c.conn, &session)?;
-    }
-    Ok(json!({}))
-}
-
-pub const GLOBAL_CONFIG: Table = Table {
-    resource: "GlobalConfig",
-    table: "global_config",
-    fields: &[
-        ("category", "category"),
-        ("name", "name"),
-        ("value", "value"),
-        ("defaultValue", "default_value"),
-        ("description", "description"),
-    ],
-};
-
-fn query_global_config(c: &Call) -> Result<Value, ApiError> {
-    Ok(json!({"inventories": Query::from_params(c.params)?.run(c.conn, &GLOBAL_CONFIG)?}))
-}
-
-fn update_global_config(c: &Call) -> Result<Value, ApiError> {
-    let (cat, name, value) = (
-        required(c, "category")?,
-        required(c, "name")?,
-        required(c, "value")?,
+/// The reference as Markdown: docs/API.md.
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# ZStack 1.2 API reference\n\n\
+         Generated from the API's declarations (`payload/server/src/resources/`); a test keeps this \
+         file equal to them. `GET /v1/apis` serves the same as JSON.\n\n\
+         Every call is `POST /v1/api/<Name>` with a JSON object of parameters and, except where \
+         noted, `Authorization: OAuth <session uuid>` from `LogInByAccount`. Synchronous calls \
+         answer `200` with the result. Calls marked *job* answer `202 {\"jobUuid\", \"location\"}`; \
+         `GET /v1/api-jobs/<uuid>?wait=<seconds>` returns `{\"job\": {\"state\": \
+         \"Running|Succeeded|Failed\", \"result\", \"error\"}}` as soon as the job ends. Errors are \
+         `{\"error\": {\"code\", \"message\", \"field\"}}`.\n\n\
+         Queries take conditions `{name, op, value}` with `= != > >= < <= ~= !~= ?= !?= is null \
+         not null`, and `fields`, `limit`, `start`, `count`.\n",
     );
-    globalconfig::update(c.conn, c.release, cat, name, value)?;
-    let inv = Query {
-        conditions: vec![
-            ("category".into(), "=".into(), cat.into()),
-            ("name".into(), "=".into(), name.into()),
-        ],
-        fields: None,
-        limit: None,
-        start: None,
+    for a in all() {
+        out.push_str(&format!("\n## {}\n\n{}", a.name, a.description));
+        let mut tags = Vec::new();
+        if a.is_async() {
+            tags.push("job");
+        }
+        if !a.needs_session {
+            tags.push("no session");
+        }
+        if !tags.is_empty() {
+            out.push_str(&format!(" *({})*", tags.join(", ")));
+        }
+        out.push('\n');
+        if !a.params.is_empty() {
+            out.push_str("\n| parameter | required | description |\n|---|---|---|\n");
+            for p in a.params {
+                out.push_str(&format!(
+                    "| `{}` | {} | {} |\n",
+                    p.name,
+                    if p.required { "yes" } else { "no" },
+                    p.description.replace('|', "\\|")
+                ));
+            }
+        }
     }
-    .run(c.conn, &GLOBAL_CONFIG)?;
-    Ok(json!({"inventory": inv.into_iter().next()}))
+    out
 }
 
-pub const ZONE: Table = Table {
-    resource: "Zone",
-    table: "zone",
-    fields: &[
-        ("uuid", "uuid"),
-        ("name", "name"),
-        ("description", "description"),
-        ("state", "state"),
-        ("createDate", "create_date"),
-        ("lastOpDate", "last_op_date"),
-    ],
-};
+// ---- parameter readers --------------------------------------------------------------------
 
-fn one(c: &Call, t: &Table, uuid: &str) -> Result<Value, ApiError> {
-    Query {
-        conditions: vec![("uuid".into(), "=".into(), uuid.into())],
-        fields: None,
-        limit: None,
-        start: None,
+impl Call<'_> {
+    pub fn str(&self, k: &str) -> Option<&str> {
+        self.params.get(k).and_then(Value::as_str)
     }
-    .run(c.conn, t)?
-    .into_iter()
-    .next()
-    .ok_or_else(|| ApiError::not_found(t.resource, uuid))
+
+    /// A required string (presence was checked against the declaration).
+    pub fn required(&self, k: &str) -> Result<&str, ApiError> {
+        match self.params.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            None | Some(Value::Null) => Err(ApiError::missing(k)),
+            Some(_) => Err(ApiError::invalid(k, format!("{k} must be a string"))),
+        }
+    }
+
+    /// A list: a JSON array of strings, or one comma-separated string.
+    pub fn list(&self, k: &str) -> Result<Vec<String>, ApiError> {
+        match self.params.get(k) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::invalid(k, format!("{k} must be a list of strings"))
+                    })
+                })
+                .collect(),
+            Some(_) => Err(ApiError::invalid(
+                k,
+                format!("{k} must be a list or a comma-separated string"),
+            )),
+        }
+    }
+
+    /// An integer given as a JSON number or a decimal string, within `min..=max`.
+    pub fn int(&self, k: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        let Some(v) = self.params.get(k).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let n = v
+            .as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or_else(|| ApiError::invalid(k, format!("{k} must be an integer, not {v}")))?;
+        if n < min || n > max {
+            return Err(ApiError::invalid(
+                k,
+                format!("{k} must be between {min} and {max}, not {n}"),
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    /// A size in bytes: a number, or a string with a unit (`512M`, `1G`, `2T`; powers of 1024).
+    pub fn size(&self, k: &str) -> Result<Option<i64>, ApiError> {
+        let Some(v) = self.params.get(k).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let parsed = match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ApiError::invalid(
+                k,
+                format!("{k} must be a positive size in bytes or with a unit (512M, 1G), not {v}"),
+            )),
+        }
+    }
+
+    pub fn bool(&self, k: &str) -> Result<Option<bool>, ApiError> {
+        match self.params.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s == "true" => Ok(Some(true)),
+            Some(Value::String(s)) if s == "false" => Ok(Some(false)),
+            Some(v) => Err(ApiError::invalid(
+                k,
+                format!("{k} must be true or false, not {v}"),
+            )),
+        }
+    }
+
+    /// A value from a fixed set, refused with the list.
+    pub fn one_of<'v>(
+        &self,
+        k: &str,
+        allowed: &[&'v str],
+        default: Option<&'v str>,
+    ) -> Result<&'v str, ApiError> {
+        match self.str(k) {
+            None => default.ok_or_else(|| ApiError::missing(k)),
+            Some(v) => allowed.iter().find(|a| **a == v).copied().ok_or_else(|| {
+                ApiError::invalid(
+                    k,
+                    format!("{k} cannot be {v:?}; allowed: {}", allowed.join(", ")),
+                )
+            }),
+        }
+    }
+
+    /// Runs a query call against `t`.
+    pub fn query(&self, t: &Table) -> Result<Value, ApiError> {
+        let q = Query::from_params(self.params)?;
+        if self.bool("count")? == Some(true) {
+            return Ok(json!({"total": q.count(self.conn, t)?}));
+        }
+        Ok(json!({"inventories": q.run(self.conn, t)?}))
+    }
 }
 
-fn create_zone(c: &Call) -> Result<Value, ApiError> {
-    let uuid = crate::new_uuid();
-    let ts = auth::now();
-    c.conn.execute(
-        "INSERT INTO zone (uuid, name, description, state, create_date, last_op_date) VALUES (?1, ?2, ?3, 'Enabled', ?4, ?4)",
-        params![uuid, required(c, "name")?, s(c, "description"), ts],
-    )?;
-    Ok(json!({"inventory": one(c, &ZONE, &uuid)?}))
+pub fn parse_size(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1i64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<i64>().ok()?.checked_mul(mult)
 }
 
-fn query_zone(c: &Call) -> Result<Value, ApiError> {
-    Ok(json!({"inventories": Query::from_params(c.params)?.run(c.conn, &ZONE)?}))
+/// The inventory of one resource by uuid, or RESOURCE_NOT_FOUND naming `field`.
+pub fn one(conn: &Connection, t: &Table, uuid: &str) -> Result<Value, ApiError> {
+    one_as(conn, t, uuid, "uuid")
 }
 
-fn update_zone(c: &Call) -> Result<Value, ApiError> {
-    let uuid = required(c, "uuid")?;
-    one(c, &ZONE, uuid)?;
-    c.conn.execute(
-        "UPDATE zone SET name = coalesce(?2, name), description = coalesce(?3, description), last_op_date = ?4 WHERE uuid = ?1",
-        params![uuid, s(c, "name"), s(c, "description"), auth::now()],
-    )?;
-    Ok(json!({"inventory": one(c, &ZONE, uuid)?}))
+pub fn one_as(conn: &Connection, t: &Table, uuid: &str, field: &str) -> Result<Value, ApiError> {
+    Query::by_uuid(uuid)
+        .run(conn, t)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(t.resource, uuid).field(field))
 }
 
-fn delete_zone(c: &Call) -> Result<Value, ApiError> {
-    let uuid = required(c, "uuid")?;
-    one(c, &ZONE, uuid)?;
-    let in_use: i64 = c.conn.query_row(
-        "SELECT count(*) FROM cluster WHERE zone_uuid = ?1",
+/// Fails with RESOURCE_NOT_FOUND on `field` unless `uuid` is a row of `table`.
+pub fn exists(
+    conn: &Connection,
+    table: &str,
+    what: &str,
+    uuid: &str,
+    field: &str,
+) -> Result<(), ApiError> {
+    let n: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {table} WHERE uuid = ?1"),
         [uuid],
         |r| r.get(0),
     )?;
-    if in_use > 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "RESOURCE_IN_USE",
-            format!("zone {uuid} still has {in_use} cluster(s); delete them first"),
-        )
-        .field("uuid"));
+    if n == 0 {
+        return Err(ApiError::not_found(what, uuid).field(field));
     }
-    c.conn.execute("DELETE FROM zone WHERE uuid = ?1", [uuid])?;
-    Ok(json!({}))
+    Ok(())
+}
+
+pub fn inventory(v: Value) -> Value {
+    json!({ "inventory": v })
 }
 
 #[cfg(test)]
@@ -345,6 +379,52 @@ mod tests {
         assert_eq!(
             (e.code, e.field.as_deref()),
             ("MISSING_FIELD", Some("name"))
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_every_param_is_described() {
+        let mut names: Vec<&str> = all().map(|a| a.name).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "two calls share a name");
+        for a in all() {
+            assert!(!a.description.is_empty(), "{} has no description", a.name);
+            for p in a.params {
+                assert!(
+                    !p.description.is_empty(),
+                    "{}.{} has no description",
+                    a.name,
+                    p.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("9999999999T"), None);
+    }
+
+    /// docs/API.md is the reference rendered from the declarations. Regenerate it with
+    /// `ZSTACK_WRITE_API_DOC=1 cargo test -p zstack-server api_doc`.
+    #[test]
+    fn api_doc_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/API.md");
+        let rendered = reference_markdown();
+        if std::env::var_os("ZSTACK_WRITE_API_DOC").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == rendered,
+            "docs/API.md differs from the API's declarations; regenerate it with \
+             ZSTACK_WRITE_API_DOC=1 cargo test -p zstack-server api_doc"
         );
     }
 }

@@ -51,6 +51,26 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", message)
     }
+    /// The resource is used by another and cannot be deleted or detached yet.
+    pub fn in_use(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "RESOURCE_IN_USE", message)
+    }
+    /// The resource is not in a state that allows the call.
+    pub fn wrong_state(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "INVALID_STATE", message)
+    }
+    /// Nothing has room for what was asked.
+    pub fn no_capacity(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "NO_CAPACITY", message)
+    }
+    /// `{code, message, field?}`, as the API and job records show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut err = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(f) = &self.field {
+            err["field"] = serde_json::Value::String(f.clone());
+        }
+        err
+    }
 }
 
 impl From<rusqlite::Error> for ApiError {
@@ -61,10 +81,7 @@ impl From<rusqlite::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = serde_json::json!({ "code": self.code, "message": self.message });
-        if let Some(f) = &self.field {
-            err["field"] = serde_json::Value::String(f.clone());
-        }
+        let err = self.to_json();
         (self.status, Json(serde_json::json!({ "error": err }))).into_response()
     }
 }

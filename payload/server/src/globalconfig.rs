@@ -56,6 +56,28 @@ pub const DEFS: &[GlobalConfigDef] = &[
         allowed: &[],
         range: Some((60, 31_536_000)),
     },
+    GlobalConfigDef {
+        since: (1, 2, 0),
+        until: None,
+        category: "host",
+        name: "ping.interval",
+        kind: "integer",
+        default: "15",
+        description: "seconds between two pings of every host's agent; a host that does not answer is Disconnected, and reconnected when it answers again",
+        allowed: &[],
+        range: Some((1, 3600)),
+    },
+    GlobalConfigDef {
+        since: (1, 2, 0),
+        until: None,
+        category: "job",
+        name: "retention.days",
+        kind: "integer",
+        default: "7",
+        description: "days a finished asynchronous job stays readable; older ones are forgotten when the management node starts",
+        allowed: &[],
+        range: Some((1, 3650)),
+    },
 ];
 
 /// The declarations of `release`.

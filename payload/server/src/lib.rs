@@ -5,29 +5,89 @@
 //! pending migrations is left to the installer or `zstack-ctl upgrade_db`, and a DB changed
 //! behind the ledger's back is never served.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod globalconfig;
+pub mod job;
 pub mod query;
+pub mod resources;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::extract::Path as UrlPath;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Query as UrlQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde_json::json;
 use zstack_common::logfile::LogFile;
 use zstack_common::service::{keys, Service};
 use zstack_common::{Layout, Properties, Release};
 
-struct ServerState {
-    release: semver::Version,
-    db: Mutex<rusqlite::Connection>,
+use crate::agent::{HostAgent, KvmAgentClient, SimulatorHost};
+use crate::error::ApiError;
+use crate::resources::host::HostRow;
+
+/// The management node's state, shared by the HTTP handlers, the jobs and the host tracker.
+pub struct Node {
+    pub release: semver::Version,
+    /// One connection behind one lock: every check-and-reserve (allocation of hosts, storage,
+    /// IPs) runs as one transaction under it, so two calls can never take the same thing.
+    pub db: Mutex<rusqlite::Connection>,
+    pub jobs: job::JobBoard,
+    /// The secret agents require (`kvmagent.secret`).
+    pub agent_secret: Option<String>,
+    /// The port KVM agents listen on unless a host says otherwise.
+    pub agent_port: u16,
+    /// `http://<management.server.ip>:<port>`, where agents fetch images.
+    pub base_url: String,
+    pub log: LogFile,
+}
+
+impl Node {
+    pub fn db(&self) -> Result<MutexGuard<'_, rusqlite::Connection>, ApiError> {
+        self.db
+            .lock()
+            .map_err(|_| ApiError::internal("the database lock is poisoned"))
+    }
+
+    /// The agent of a host, by its type.
+    pub fn agent<'a>(&'a self, host: &HostRow) -> Result<Box<dyn HostAgent + 'a>, ApiError> {
+        match host.hypervisor_type.as_str() {
+            "Simulator" => Ok(Box::new(SimulatorHost {
+                db: &self.db,
+                host_uuid: host.uuid.clone(),
+            })),
+            "KVM" => {
+                let secret = self.agent_secret.as_deref().ok_or_else(|| {
+                    ApiError::wrong_state("kvmagent.secret is not set in zstack.properties")
+                })?;
+                let port = host
+                    .agent_port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(self.agent_port);
+                Ok(Box::new(KvmAgentClient::new(
+                    &host.management_ip,
+                    port,
+                    secret,
+                )))
+            }
+            other => Err(ApiError::internal(format!(
+                "host {} has an unknown hypervisor type {other}",
+                host.uuid
+            ))),
+        }
+    }
+
+    pub fn image_url(&self, image: &str) -> String {
+        format!("{}/v1/images/{image}/download", self.base_url)
+    }
 }
 
 /// A new resource uuid, in the original's form: 32 hex digits.
@@ -45,25 +105,88 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .context("cannot find release.json beside this program; is the release tree intact?")?;
     let props = Properties::load(&layout.host(layout.properties_file()))?;
     let port = Service::Server.port(&props).map_err(anyhow::Error::msg)?;
+    let agent_port = Service::KvmAgent.port(&props).map_err(anyhow::Error::msg)?;
     check_schema(layout, &release)?;
     let db_path = layout.host(layout.db_file());
     let conn = zstack_db::open_existing(&db_path)?;
-    globalconfig::seed(&conn, &release.semver()?).map_err(|e| anyhow::anyhow!(e.message))?;
+    let version = release.semver()?;
+    globalconfig::seed(&conn, &version).map_err(|e| anyhow::anyhow!(e.message))?;
     if let Some(pw) = props.get(keys::ADMIN_PASSWORD).filter(|p| !p.is_empty()) {
         if auth::ensure_admin(&conn, pw).map_err(|e| anyhow::anyhow!(e.message))? {
             log.info("created the admin account from zstack.properties");
         }
     }
+    recover(&conn, &version, log).map_err(|e| anyhow::anyhow!(e.message))?;
 
-    let state = Arc::new(ServerState {
-        release: release.semver()?,
+    let ip = props
+        .get(keys::MANAGEMENT_IP)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("127.0.0.1");
+    let node = Arc::new(Node {
+        release: version,
         db: Mutex::new(conn),
+        jobs: job::JobBoard::default(),
+        agent_secret: props
+            .get(keys::AGENT_SECRET)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        agent_port,
+        base_url: format!("http://{ip}:{port}"),
+        log: log.clone(),
     });
+    start_host_tracker(node.clone());
     let app = Router::new()
         .route("/v1/apis", get(api_reference))
         .route("/v1/api/:name", post(call_api))
-        .with_state(state);
+        .route("/v1/api-jobs/:uuid", get(get_job))
+        .with_state(node);
     zstack_http::serve(Service::Server, &release.version, port, app, log)
+}
+
+/// What a previous run left half done: running jobs are failed with the reason, VMs in a
+/// transitional state wait for their host's word, half-copied images are dropped.
+fn recover(
+    conn: &rusqlite::Connection,
+    release: &semver::Version,
+    log: &LogFile,
+) -> Result<(), ApiError> {
+    let jobs = job::fail_interrupted(conn)?;
+    let vms = resources::vm::reset_interrupted(conn)?;
+    let images = resources::image::drop_interrupted(conn)?;
+    if jobs + vms + images > 0 {
+        log.warn(&format!(
+            "a previous run was cut off: {jobs} job(s) marked failed, {vms} VM(s) in a transitional \
+             state left to their hosts' report, {images} half-added image(s) dropped"
+        ));
+    }
+    let days: i64 = globalconfig::value(conn, release, "job", "retention.days")?
+        .parse()
+        .unwrap_or(7);
+    job::prune(conn, days)?;
+    Ok(())
+}
+
+/// Pings every host every `host/ping.interval` seconds, on its own thread; the first round, at
+/// start, reconnects every host so VM states are re-read after a restart.
+fn start_host_tracker(node: Arc<Node>) {
+    let spawned = std::thread::Builder::new()
+        .name("host-tracker".into())
+        .spawn(move || loop {
+            if let Err(e) = resources::host::track_once(&node) {
+                node.log.warn(&format!("host tracker: {}", e.message));
+            }
+            let secs = node
+                .db()
+                .and_then(|c| globalconfig::value(&c, &node.release, "host", "ping.interval"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(15);
+            std::thread::sleep(Duration::from_secs(secs));
+        });
+    if let Err(e) = spawned {
+        // Without the tracker hosts are still connected by AddKVMHost and ReconnectHost.
+        eprintln!("cannot start the host tracker: {e}");
+    }
 }
 
 /// Refuses a DB that is not exactly at this release's schema.
@@ -102,13 +225,36 @@ fn check_schema(layout: &Layout, release: &Release) -> anyhow::Result<()> {
 }
 
 async fn api_reference() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "apis": api::reference() }))
+    Json(json!({ "apis": api::reference() }))
+}
+
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("OAuth "))
+        .map(|v| v.trim().to_string())
+}
+
+fn require_session(conn: &rusqlite::Connection, session: Option<&str>) -> Result<(), ApiError> {
+    let s = session.ok_or_else(|| {
+        ApiError::unauthorized(
+            "this call needs a session: log in with LogInByAccount and send Authorization: OAuth <session uuid>",
+        )
+    })?;
+    auth::check_session(conn, s).map(|_| ())
+}
+
+enum Answer {
+    Now(serde_json::Value),
+    Job(String),
 }
 
 /// `POST /v1/api/<Name>`: checks the call and its parameters, the session where one is needed,
-/// then runs the handler on the blocking pool against the DB.
+/// then runs the handler on the blocking pool against the DB. A job handler's slow part runs
+/// after the DB lock is released; the caller gets 202 and the job's uuid.
 async fn call_api(
-    State(state): State<Arc<ServerState>>,
+    State(node): State<Arc<Node>>,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -119,35 +265,109 @@ async fn call_api(
             serde_json::Map::new()
         } else {
             serde_json::from_slice(&body).map_err(|e| {
-                error::ApiError::invalid("body", format!("the body must be a JSON object: {e}"))
+                ApiError::invalid("body", format!("the body must be a JSON object: {e}"))
             })?
         };
         api::check_params(spec, &params)?;
-        let session = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("OAuth "))
-            .map(|v| v.trim().to_string());
-        Ok::<_, error::ApiError>((spec, params, session))
+        Ok::<_, ApiError>((spec, params))
     })();
-    let (spec, params, session) = match result {
+    let (spec, params) = match result {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    let session = session_of(&headers);
+    let worker = node.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let conn = state.db.lock().map_err(|_| error::ApiError::internal("the database lock is poisoned"))?;
+        let node = worker;
+        let conn = node.db()?;
         if spec.needs_session {
-            let s = session.as_deref().ok_or_else(|| {
-                error::ApiError::unauthorized("this call needs a session: log in with LogInByAccount and send Authorization: OAuth <session uuid>")
-            })?;
-            auth::check_session(&conn, s)?;
+            require_session(&conn, session.as_deref())?;
         }
-        (spec.handler)(&api::Call { conn: &conn, release: &state.release, params: &params, session })
+        let call = api::Call {
+            conn: &conn,
+            node: &node,
+            params: &params,
+            session,
+        };
+        match &spec.handler {
+            api::Handler::Sync(f) => f(&call).map(Answer::Now),
+            api::Handler::Async(f) => {
+                let job = f(&call)?;
+                let uuid = node
+                    .jobs
+                    .create(&conn, spec.name, job.resource_uuid.as_deref())?;
+                drop(conn);
+                let runner = node.clone();
+                let job_uuid = uuid.clone();
+                // The job runs on the blocking pool: agent calls and copies block.
+                tokio::runtime::Handle::current().spawn_blocking(move || {
+                    let outcome = (job.run)(&runner);
+                    let recorded = runner
+                        .db()
+                        .and_then(|c| runner.jobs.finish(&c, &job_uuid, &outcome));
+                    if let Err(e) = recorded {
+                        runner.log.error(&format!(
+                            "job {job_uuid}: cannot record its outcome: {}",
+                            e.message
+                        ));
+                    }
+                });
+                Ok(Answer::Job(uuid))
+            }
+        }
     })
     .await;
     match outcome {
-        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Ok(Answer::Now(v))) => Json(v).into_response(),
+        Ok(Ok(Answer::Job(uuid))) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"jobUuid": uuid, "location": format!("/v1/api-jobs/{uuid}")})),
+        )
+            .into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(e) => error::ApiError::internal(format!("the call failed: {e}")).into_response(),
+        Err(e) => ApiError::internal(format!("the call failed: {e}")).into_response(),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct JobWait {
+    wait: Option<u64>,
+}
+
+/// `GET /v1/api-jobs/<uuid>?wait=<seconds>`: the job; with `wait`, answers as soon as it ends
+/// (at most 60 s later).
+async fn get_job(
+    State(node): State<Arc<Node>>,
+    UrlPath(uuid): UrlPath<String>,
+    UrlQuery(q): UrlQuery<JobWait>,
+    headers: HeaderMap,
+) -> Response {
+    let session = session_of(&headers);
+    let read = |node: Arc<Node>, uuid: String, session: Option<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let conn = node.db()?;
+            require_session(&conn, session.as_deref())?;
+            job::read(&conn, &uuid)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the job failed: {e}")))?
+    };
+    // Subscribe before reading, so an end between the two is not missed.
+    let mut rx = node.jobs.subscribe(&uuid);
+    let mut job = match read(node.clone(), uuid.clone(), session.clone()).await {
+        Ok(j) => j,
+        Err(e) => return e.into_response(),
+    };
+    let wait = q.wait.unwrap_or(0).min(60);
+    if job["state"] == "Running" && wait > 0 {
+        if let Some(rx) = rx.as_mut() {
+            // Either the job ends (the sender is dropped) or the wait runs out.
+            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
+            job = match read(node.clone(), uuid.clone(), session).await {
+                Ok(j) => j,
+                Err(e) => return e.into_response(),
+            };
+        }
+    }
+    Json(json!({ "job": job })).into_response()
 }

@@ -14,7 +14,12 @@ pub struct Table {
     pub resource: &'static str,
     pub table: &'static str,
     pub fields: &'static [(&'static str, &'static str)],
+    /// Adds what a row of the table alone does not hold (a VM's NICs and volumes, ...), when the
+    /// whole inventory is asked for.
+    pub expand: Option<Expand>,
 }
+
+pub type Expand = fn(&Connection, &mut Map<String, Value>) -> Result<(), ApiError>;
 
 pub const OPS: &[&str] = &[
     "=", "!=", ">", ">=", "<", "<=", "~=", "!~=", "?=", "!?=", "is null", "not null",
@@ -91,30 +96,29 @@ impl Query {
         })
     }
 
+    pub fn by_uuid(uuid: &str) -> Query {
+        Query {
+            conditions: vec![("uuid".into(), "=".into(), uuid.into())],
+            fields: None,
+            limit: None,
+            start: None,
+        }
+    }
+
+    /// How many rows match, ignoring `limit` and `start`.
+    pub fn count(&self, conn: &Connection, t: &Table) -> Result<i64, ApiError> {
+        let (wheres, args) = self.where_clause(t)?;
+        let sql = format!("SELECT count(*) FROM {}{wheres}", t.table);
+        Ok(conn.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))?)
+    }
+
     pub fn run(&self, conn: &Connection, t: &Table) -> Result<Vec<Value>, ApiError> {
-        let column = |name: &str, what: &str| -> Result<&'static str, ApiError> {
-            t.fields
-                .iter()
-                .find(|(api, _)| *api == name)
-                .map(|(_, col)| *col)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = t.fields.iter().map(|(a, _)| *a).collect();
-                    ApiError::invalid(
-                        what,
-                        format!(
-                            "{} has no field {name:?}; fields: {}",
-                            t.resource,
-                            names.join(", ")
-                        ),
-                    )
-                })
-        };
         let selected: Vec<(&str, &str)> = match &self.fields {
             None => t.fields.to_vec(),
             Some(list) => list
                 .iter()
                 .map(|f| {
-                    column(f, "fields").map(|c| {
+                    column(t, f, "fields").map(|c| {
                         (
                             t.fields
                                 .iter()
@@ -127,8 +131,9 @@ impl Query {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let (wheres, args) = self.where_clause(t)?;
         let mut sql = format!(
-            "SELECT {} FROM {}",
+            "SELECT {} FROM {}{wheres} ORDER BY rowid",
             selected
                 .iter()
                 .map(|(_, c)| *c)
@@ -136,10 +141,37 @@ impl Query {
                 .join(", "),
             t.table
         );
+        if let Some(l) = self.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+            if let Some(s) = self.start {
+                sql.push_str(&format!(" OFFSET {s}"));
+            }
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            let mut m = Map::new();
+            for (i, (api, _)) in selected.iter().enumerate() {
+                let v: SqlValue = r.get(i)?;
+                m.insert(api.to_string(), to_json(v));
+            }
+            Ok(m)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let mut m = row?;
+            if let (Some(expand), None) = (t.expand, &self.fields) {
+                expand(conn, &mut m)?;
+            }
+            out.push(Value::Object(m));
+        }
+        Ok(out)
+    }
+
+    fn where_clause(&self, t: &Table) -> Result<(String, Vec<SqlValue>), ApiError> {
         let mut args: Vec<SqlValue> = Vec::new();
         let mut wheres = Vec::new();
         for (name, op, value) in &self.conditions {
-            let col = column(name, "conditions")?;
+            let col = column(t, name, "conditions")?;
             let clause = match op.as_str() {
                 "=" | "!=" | ">" | ">=" | "<" | "<=" => {
                     args.push(typed(value));
@@ -178,28 +210,31 @@ impl Query {
             };
             wheres.push(clause);
         }
-        if !wheres.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&wheres.join(" AND "));
-        }
-        sql.push_str(" ORDER BY rowid");
-        if let Some(l) = self.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-            if let Some(s) = self.start {
-                sql.push_str(&format!(" OFFSET {s}"));
-            }
-        }
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            let mut m = Map::new();
-            for (i, (api, _)) in selected.iter().enumerate() {
-                let v: SqlValue = r.get(i)?;
-                m.insert(api.to_string(), to_json(v));
-            }
-            Ok(Value::Object(m))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let sql = if wheres.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", wheres.join(" AND "))
+        };
+        Ok((sql, args))
     }
+}
+
+fn column(t: &Table, name: &str, what: &str) -> Result<&'static str, ApiError> {
+    t.fields
+        .iter()
+        .find(|(api, _)| *api == name)
+        .map(|(_, col)| *col)
+        .ok_or_else(|| {
+            let names: Vec<&str> = t.fields.iter().map(|(a, _)| *a).collect();
+            ApiError::invalid(
+                what,
+                format!(
+                    "{} has no field {name:?}; fields: {}",
+                    t.resource,
+                    names.join(", ")
+                ),
+            )
+        })
 }
 
 /// Numbers compare as numbers, everything else as text.

@@ -1,0 +1,150 @@
+//! Sessions, global configs and jobs.
+
+use serde_json::{json, Value};
+
+use crate::api::{inventory, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::error::ApiError;
+use crate::query::{Query, Table};
+use crate::{auth, globalconfig, job};
+
+pub const APIS: &[ApiSpec] = &[
+    ApiSpec {
+        name: "LogInByAccount",
+        description: "Log in; returns a session uuid to send as `Authorization: OAuth <uuid>`",
+        needs_session: false,
+        params: &[
+            req("accountName", "account name, e.g. admin"),
+            req("password", "the account's password"),
+        ],
+        handler: Handler::Sync(log_in),
+    },
+    ApiSpec {
+        name: "LogOut",
+        description: "End a session",
+        needs_session: false,
+        params: &[opt(
+            "sessionUuid",
+            "the session to end (default: the caller's)",
+        )],
+        handler: Handler::Sync(log_out),
+    },
+    ApiSpec {
+        name: "QueryGlobalConfig",
+        description: "Global configs with their values",
+        needs_session: true,
+        params: QUERY_PARAMS,
+        handler: Handler::Sync(query_global_config),
+    },
+    ApiSpec {
+        name: "UpdateGlobalConfig",
+        description: "Change a global config; the value is validated against its declaration. \
+                      The next operation that uses it sees the change",
+        needs_session: true,
+        params: &[
+            req("category", "e.g. kvm"),
+            req("name", "e.g. vm.cacheMode"),
+            req("value", "the new value"),
+        ],
+        handler: Handler::Sync(update_global_config),
+    },
+    ApiSpec {
+        name: "QueryJob",
+        description: "Asynchronous calls and their outcome (also `GET /v1/api-jobs/<uuid>`)",
+        needs_session: true,
+        params: QUERY_PARAMS,
+        handler: Handler::Sync(query_job),
+    },
+];
+
+fn log_in(c: &Call) -> Result<Value, ApiError> {
+    let ttl: i64 = globalconfig::value(c.conn, &c.node.release, "identity", "session.timeout")?
+        .parse()
+        .unwrap_or(7200);
+    let (session, account, expiry) = auth::login(
+        c.conn,
+        c.required("accountName")?,
+        c.required("password")?,
+        ttl,
+    )?;
+    Ok(inventory(
+        json!({"uuid": session, "accountUuid": account, "expiredDate": expiry}),
+    ))
+}
+
+fn log_out(c: &Call) -> Result<Value, ApiError> {
+    let session = c
+        .str("sessionUuid")
+        .map(str::to_string)
+        .or_else(|| c.session.clone());
+    if let Some(session) = session {
+        auth::logout(c.conn, &session)?;
+    }
+    Ok(json!({}))
+}
+
+pub const GLOBAL_CONFIG: Table = Table {
+    resource: "GlobalConfig",
+    table: "global_config",
+    fields: &[
+        ("category", "category"),
+        ("name", "name"),
+        ("value", "value"),
+        ("defaultValue", "default_value"),
+        ("description", "description"),
+    ],
+    expand: None,
+};
+
+fn query_global_config(c: &Call) -> Result<Value, ApiError> {
+    c.query(&GLOBAL_CONFIG)
+}
+
+fn update_global_config(c: &Call) -> Result<Value, ApiError> {
+    let (cat, name, value) = (
+        c.required("category")?,
+        c.required("name")?,
+        c.required("value")?,
+    );
+    globalconfig::update(c.conn, &c.node.release, cat, name, value)?;
+    let inv = Query {
+        conditions: vec![
+            ("category".into(), "=".into(), cat.into()),
+            ("name".into(), "=".into(), name.into()),
+        ],
+        fields: None,
+        limit: None,
+        start: None,
+    }
+    .run(c.conn, &GLOBAL_CONFIG)?;
+    Ok(json!({"inventory": inv.into_iter().next()}))
+}
+
+pub const JOB: Table = Table {
+    resource: "Job",
+    table: "job",
+    fields: &[
+        ("uuid", "uuid"),
+        ("apiName", "api_name"),
+        ("state", "state"),
+        ("resourceUuid", "resource_uuid"),
+        ("createDate", "create_date"),
+        ("lastOpDate", "last_op_date"),
+    ],
+    expand: Some(expand_job),
+};
+
+fn expand_job(
+    conn: &rusqlite::Connection,
+    m: &mut serde_json::Map<String, Value>,
+) -> Result<(), ApiError> {
+    if let Some(uuid) = m.get("uuid").and_then(Value::as_str).map(str::to_string) {
+        let full = job::read(conn, &uuid)?;
+        m.insert("result".into(), full["result"].clone());
+        m.insert("error".into(), full["error"].clone());
+    }
+    Ok(())
+}
+
+fn query_job(c: &Call) -> Result<Value, ApiError> {
+    c.query(&JOB)
+}

@@ -1,0 +1,481 @@
+//! Hosts: added with their agent's address (`AddKVMHost`) or as simulator hosts
+//! (`AddSimulatorHost`), connected through [`crate::agent::HostAgent`], and tracked: a host whose
+//! agent stops answering becomes `Disconnected` (its VMs `Unknown`) and is reconnected, with its
+//! VMs' states re-read, as soon as the agent answers again.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value};
+
+use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::auth;
+use crate::error::ApiError;
+use crate::job::Job;
+use crate::query::Table;
+use crate::Node;
+
+pub const APIS: &[ApiSpec] = &[
+    ApiSpec {
+        name: "AddKVMHost",
+        description: "Add a KVM host by the address of its zstack-kvmagent; the host is connected \
+                      (its CPUs, memory and VMs read) before the call ends. A host that cannot be \
+                      connected is not added",
+        needs_session: true,
+        params: &[
+            req("name", "host name"),
+            req(
+                "managementIp",
+                "the address the management node reaches the agent on",
+            ),
+            req("clusterUuid", "a KVM cluster"),
+            opt(
+                "agentPort",
+                "the agent's port (default kvmagent.port, 7070)",
+            ),
+            opt("description", "free text"),
+        ],
+        handler: Handler::Async(add_kvm_host),
+    },
+    ApiSpec {
+        name: "AddSimulatorHost",
+        description: "Add a simulator host: a host type built into the management node that \
+                      accepts every agent call and keeps its VMs in the database (for rehearsals \
+                      and scale tests)",
+        needs_session: true,
+        params: &[
+            req("name", "host name"),
+            req("managementIp", "any address; unique among hosts"),
+            req("clusterUuid", "a Simulator cluster"),
+            opt("cpuCapacity", "CPUs (default 32)"),
+            opt(
+                "memoryCapacity",
+                "memory, bytes or with a unit (default 64G)",
+            ),
+            opt(
+                "storageCapacity",
+                "what shared mount points report, bytes or with a unit (default 10T)",
+            ),
+            opt("description", "free text"),
+        ],
+        handler: Handler::Async(add_simulator_host),
+    },
+    ApiSpec {
+        name: "QueryHost",
+        description: "Hosts with their connection status and free capacity",
+        needs_session: true,
+        params: QUERY_PARAMS,
+        handler: Handler::Sync(query_host),
+    },
+    ApiSpec {
+        name: "UpdateHost",
+        description: "Rename a host or change its description",
+        needs_session: true,
+        params: &[
+            req("uuid", "the host"),
+            opt("name", "new name"),
+            opt("description", "new description"),
+        ],
+        handler: Handler::Sync(update_host),
+    },
+    ApiSpec {
+        name: "ChangeHostState",
+        description: "Enable or disable a host for new VMs (running VMs are not touched)",
+        needs_session: true,
+        params: &[
+            req("uuid", "the host"),
+            req("stateEvent", "enable or disable"),
+        ],
+        handler: Handler::Sync(change_host_state),
+    },
+    ApiSpec {
+        name: "ReconnectHost",
+        description: "Connect a host again: re-read its capacity and its VMs' states",
+        needs_session: true,
+        params: &[req("uuid", "the host")],
+        handler: Handler::Async(reconnect_host),
+    },
+    ApiSpec {
+        name: "DeleteHost",
+        description: "Remove a host that runs no VM (stop or destroy its VMs first)",
+        needs_session: true,
+        params: &[req("uuid", "the host")],
+        handler: Handler::Sync(delete_host),
+    },
+];
+
+pub const HOST: Table = Table {
+    resource: "Host",
+    table: "host",
+    fields: &[
+        ("uuid", "uuid"),
+        ("name", "name"),
+        ("description", "status_reason"),
+        ("zoneUuid", "zone_uuid"),
+        ("clusterUuid", "cluster_uuid"),
+        ("managementIp", "management_ip"),
+        ("agentPort", "agent_port"),
+        ("hypervisorType", "hypervisor_type"),
+        ("state", "state"),
+        ("status", "status"),
+        ("statusReason", "status_reason"),
+        ("totalCpuCapacity", "total_cpu"),
+        ("availableCpuCapacity", "available_cpu"),
+        ("totalMemoryCapacity", "total_memory"),
+        ("availableMemoryCapacity", "available_memory"),
+        ("createDate", "create_date"),
+        ("lastOpDate", "last_op_date"),
+    ],
+    expand: None,
+};
+
+/// What the orchestration needs to reach a host.
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    pub uuid: String,
+    pub management_ip: String,
+    pub hypervisor_type: String,
+    pub agent_port: Option<i64>,
+    pub status: String,
+    pub cluster_uuid: String,
+}
+
+impl HostRow {
+    pub fn load(conn: &Connection, uuid: &str) -> Result<HostRow, ApiError> {
+        conn.query_row(
+            "SELECT uuid, management_ip, hypervisor_type, agent_port, status, cluster_uuid FROM host WHERE uuid = ?1",
+            [uuid],
+            |r| {
+                Ok(HostRow {
+                    uuid: r.get(0)?,
+                    management_ip: r.get(1)?,
+                    hypervisor_type: r.get(2)?,
+                    agent_port: r.get(3)?,
+                    status: r.get(4)?,
+                    cluster_uuid: r.get(5)?,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("Host", uuid))
+    }
+
+    pub fn all(conn: &Connection) -> Result<Vec<HostRow>, ApiError> {
+        let mut st = conn.prepare("SELECT uuid FROM host ORDER BY rowid")?;
+        let uuids = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        uuids.iter().map(|u| HostRow::load(conn, u)).collect()
+    }
+}
+
+fn add_host(c: &Call, hypervisor: &str) -> Result<String, ApiError> {
+    let cluster = c.required("clusterUuid")?;
+    let (zone, cluster_hv): (String, String) = c
+        .conn
+        .query_row(
+            "SELECT zone_uuid, hypervisor_type FROM cluster WHERE uuid = ?1",
+            [cluster],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("Cluster", cluster).field("clusterUuid"))?;
+    if cluster_hv != hypervisor {
+        return Err(ApiError::invalid(
+            "clusterUuid",
+            format!("cluster {cluster} is a {cluster_hv} cluster; a {hypervisor} host needs a {hypervisor} cluster"),
+        ));
+    }
+    let ip = c.required("managementIp")?;
+    let taken: Option<String> = c
+        .conn
+        .query_row(
+            "SELECT uuid FROM host WHERE management_ip = ?1",
+            [ip],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(other) = taken {
+        return Err(ApiError::invalid(
+            "managementIp",
+            format!("host {other} already has management IP {ip}"),
+        ));
+    }
+    let port = c.int("agentPort", 1, 65535)?;
+    let uuid = crate::new_uuid();
+    c.conn.execute(
+        "INSERT INTO host (uuid, zone_uuid, cluster_uuid, name, management_ip, hypervisor_type, state, status,
+                           agent_port, create_date, last_op_date)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'Enabled', 'Connecting', ?7, ?8, ?8)",
+        params![uuid, zone, cluster, c.required("name")?, ip, hypervisor, port, auth::now()],
+    )?;
+    Ok(uuid)
+}
+
+/// The job of adding a host: connect it, or remove it again and say why.
+fn connect_new_host(uuid: String) -> Job {
+    Job::new(Some(uuid.clone()), move |node: &Node| {
+        match connect(node, &uuid) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let conn = node.db()?;
+                let tx = conn.unchecked_transaction()?;
+                tx.execute("DELETE FROM simulator_host WHERE host_uuid = ?1", [&uuid])?;
+                tx.execute("DELETE FROM host WHERE uuid = ?1", [&uuid])?;
+                tx.commit()?;
+                Err(ApiError {
+                    message: format!("the host was not added: {}", e.message),
+                    ..e
+                })
+            }
+        }
+    })
+}
+
+fn add_kvm_host(c: &Call) -> Result<Job, ApiError> {
+    if c.node.agent_secret.is_none() {
+        return Err(ApiError::wrong_state(
+            "kvmagent.secret is not set in zstack.properties; the management node cannot \
+             authenticate to agents. Set it (zstack-ctl configure kvmagent.secret=...) to the \
+             secret of the hosts' agents and restart",
+        ));
+    }
+    let uuid = add_host(c, "KVM")?;
+    Ok(connect_new_host(uuid))
+}
+
+fn add_simulator_host(c: &Call) -> Result<Job, ApiError> {
+    let cpu = c.int("cpuCapacity", 1, 1 << 20)?.unwrap_or(32);
+    let mem = c.size("memoryCapacity")?.unwrap_or(64 << 30);
+    let storage = c.size("storageCapacity")?.unwrap_or(10 << 40);
+    let uuid = add_host(c, "Simulator")?;
+    c.conn.execute(
+        "INSERT INTO simulator_host (host_uuid, cpu_capacity, memory_capacity, storage_capacity) VALUES (?1, ?2, ?3, ?4)",
+        params![uuid, cpu, mem, storage],
+    )?;
+    Ok(connect_new_host(uuid))
+}
+
+fn query_host(c: &Call) -> Result<Value, ApiError> {
+    c.query(&HOST)
+}
+
+fn update_host(c: &Call) -> Result<Value, ApiError> {
+    let uuid = c.required("uuid")?;
+    exists(c.conn, "host", "Host", uuid, "uuid")?;
+    c.conn.execute(
+        "UPDATE host SET name = coalesce(?2, name), last_op_date = ?3 WHERE uuid = ?1",
+        params![uuid, c.str("name"), auth::now()],
+    )?;
+    Ok(inventory(one(c.conn, &HOST, uuid)?))
+}
+
+fn change_host_state(c: &Call) -> Result<Value, ApiError> {
+    let uuid = c.required("uuid")?;
+    exists(c.conn, "host", "Host", uuid, "uuid")?;
+    let state = match c.one_of("stateEvent", &["enable", "disable"], None)? {
+        "enable" => "Enabled",
+        _ => "Disabled",
+    };
+    super::set_state(c.conn, "host", "state", uuid, state)?;
+    Ok(inventory(one(c.conn, &HOST, uuid)?))
+}
+
+fn reconnect_host(c: &Call) -> Result<Job, ApiError> {
+    let uuid = c.required("uuid")?.to_string();
+    exists(c.conn, "host", "Host", &uuid, "uuid")?;
+    Ok(Job::new(Some(uuid.clone()), move |node: &Node| {
+        connect(node, &uuid)
+    }))
+}
+
+fn delete_host(c: &Call) -> Result<Value, ApiError> {
+    let uuid = c.required("uuid")?;
+    exists(c.conn, "host", "Host", uuid, "uuid")?;
+    let vms: i64 = c.conn.query_row(
+        "SELECT count(*) FROM vm_instance WHERE host_uuid = ?1",
+        [uuid],
+        |r| r.get(0),
+    )?;
+    if vms > 0 {
+        return Err(ApiError::in_use(format!(
+            "host {uuid} runs {vms} VM(s); stop or destroy them first"
+        ))
+        .field("uuid"));
+    }
+    let tx = c.conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE vm_instance SET last_host_uuid = NULL WHERE last_host_uuid = ?1",
+        [uuid],
+    )?;
+    tx.execute("DELETE FROM simulator_host WHERE host_uuid = ?1", [uuid])?;
+    tx.execute("DELETE FROM host WHERE uuid = ?1", [uuid])?;
+    tx.commit()?;
+    Ok(json!({}))
+}
+
+/// Connects a host: reads its facts through its agent, re-reads its VMs' states, recomputes its
+/// free capacity. On failure the host is `Disconnected` with the reason, and its VMs `Unknown`.
+pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
+    let host = {
+        let conn = node.db()?;
+        let host = HostRow::load(&conn, uuid)?;
+        conn.execute(
+            "UPDATE host SET status = 'Connecting', last_op_date = ?2 WHERE uuid = ?1",
+            params![uuid, auth::now()],
+        )?;
+        host
+    };
+    // A host that cannot use the primary storage of its cluster cannot run the cluster's VMs.
+    let facts = node
+        .agent(&host)
+        .and_then(|a| Ok(a.connect()?))
+        .and_then(|f| super::storage::check_from_host(node, &host).map(|_| f));
+    let conn = node.db()?;
+    match facts {
+        Err(e) => {
+            mark_disconnected(&conn, uuid, &e.message)?;
+            Err(e)
+        }
+        Ok(facts) => {
+            let tx = conn.unchecked_transaction()?;
+            if let Some(vms) = &facts.vms {
+                sync_vms(&tx, uuid, vms)?;
+            }
+            tx.execute(
+                "UPDATE host SET total_cpu = ?2, total_memory = ?3, status = 'Connected',
+                        status_reason = NULL, last_op_date = ?4 WHERE uuid = ?1",
+                params![uuid, facts.cpu_num, facts.memory_size, auth::now()],
+            )?;
+            recompute_capacity(&tx, uuid)?;
+            tx.commit()?;
+            Ok(inventory(one(&conn, &HOST, uuid)?))
+        }
+    }
+}
+
+pub fn mark_disconnected(conn: &Connection, uuid: &str, reason: &str) -> Result<(), ApiError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE host SET status = 'Disconnected', status_reason = ?2, last_op_date = ?3 WHERE uuid = ?1",
+        params![uuid, reason, auth::now()],
+    )?;
+    tx.execute(
+        "UPDATE vm_instance SET state = 'Unknown', last_op_date = ?2
+          WHERE host_uuid = ?1 AND state IN ('Running', 'Paused', 'Starting', 'Stopping', 'Rebooting')",
+        params![uuid, auth::now()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Makes the DB say what the host says about its VMs: a VM the host runs is Running there; a VM
+/// the DB places on the host that the host does not run is Stopped (its capacity freed).
+fn sync_vms(
+    conn: &Connection,
+    host: &str,
+    reported: &[zstack_common::agent_proto::VmReport],
+) -> Result<(), ApiError> {
+    let reported: HashMap<&str, &str> = reported
+        .iter()
+        .map(|v| (v.uuid.as_str(), v.state.as_str()))
+        .collect();
+    let ts = auth::now();
+    let placed: Vec<(String, String)> = {
+        let mut st = conn.prepare("SELECT uuid, state FROM vm_instance WHERE host_uuid = ?1")?;
+        let rows = st.query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (vm, state) in &placed {
+        match reported.get(vm.as_str()) {
+            Some(s) if *s == "Running" || *s == "Paused" => {
+                if state != s {
+                    conn.execute(
+                        "UPDATE vm_instance SET state = ?2, last_op_date = ?3 WHERE uuid = ?1",
+                        params![vm, s, ts],
+                    )?;
+                }
+            }
+            _ => {
+                conn.execute(
+                    "UPDATE vm_instance SET state = 'Stopped', host_uuid = NULL, last_host_uuid = ?2,
+                            last_op_date = ?3 WHERE uuid = ?1",
+                    params![vm, host, ts],
+                )?;
+            }
+        }
+    }
+    // A VM the DB has as stopped that the host still runs (a stop that never reached the DB).
+    for (vm, s) in &reported {
+        if *s != "Running" && *s != "Paused" {
+            continue;
+        }
+        conn.execute(
+            "UPDATE vm_instance SET state = ?2, host_uuid = ?3, last_host_uuid = ?3, last_op_date = ?4
+              WHERE uuid = ?1 AND host_uuid IS NULL AND state = 'Stopped'",
+            params![vm, s, host, ts],
+        )?;
+    }
+    Ok(())
+}
+
+/// Free capacity = total - what the VMs placed on the host take.
+pub fn recompute_capacity(conn: &Connection, host: &str) -> Result<(), ApiError> {
+    conn.execute(
+        "UPDATE host SET
+            available_cpu = total_cpu - (SELECT coalesce(sum(cpu_num), 0) FROM vm_instance WHERE host_uuid = ?1),
+            available_memory = total_memory - (SELECT coalesce(sum(memory_size), 0) FROM vm_instance WHERE host_uuid = ?1)
+          WHERE uuid = ?1",
+        [host],
+    )?;
+    Ok(())
+}
+
+/// One round of the host tracker: pings every host; a Connected host that does not answer is
+/// Disconnected, a Disconnected one that answers is reconnected.
+pub fn track_once(node: &Node) -> Result<(), ApiError> {
+    let hosts = HostRow::all(&*node.db()?)?;
+    std::thread::scope(|s| {
+        for chunk in hosts.chunks(16) {
+            s.spawn(move || {
+                for host in chunk {
+                    track_host(node, host);
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn track_host(node: &Node, host: &HostRow) {
+    let alive = node.agent(host).and_then(|a| Ok(a.ping()?));
+    let outcome = match (host.status.as_str(), alive) {
+        ("Connected", Ok(())) => Ok(()),
+        ("Connected", Err(e)) => {
+            node.log.warn(&format!(
+                "host {} ({}) is disconnected: {}",
+                host.uuid, host.management_ip, e.message
+            ));
+            node.db()
+                .and_then(|c| mark_disconnected(&c, &host.uuid, &e.message))
+        }
+        ("Connecting", _) => Ok(()),
+        (_, Ok(())) => connect(node, &host.uuid).map(|_| {
+            node.log.info(&format!(
+                "host {} ({}) is connected again",
+                host.uuid, host.management_ip
+            ));
+        }),
+        (_, Err(e)) => node.db().and_then(|c| {
+            c.execute(
+                "UPDATE host SET status_reason = ?2 WHERE uuid = ?1",
+                params![host.uuid, e.message],
+            )
+            .map(|_| ())
+            .map_err(ApiError::from)
+        }),
+    };
+    if let Err(e) = outcome {
+        node.log.warn(&format!("host {}: {}", host.uuid, e.message));
+    }
+}

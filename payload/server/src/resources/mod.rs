@@ -1,0 +1,27 @@
+//! The API's calls, one module per resource family. Each module declares its calls in `APIS`
+//! and its queryable tables as [`crate::query::Table`]s.
+
+pub mod account;
+pub mod cluster;
+pub mod eip;
+pub mod host;
+pub mod image;
+pub mod network;
+pub mod storage;
+pub mod vm;
+pub mod zone;
+
+/// `UPDATE`s `table` to `state` for `uuid`, stamping `last_op_date`.
+pub fn set_state(
+    conn: &rusqlite::Connection,
+    table: &str,
+    column: &str,
+    uuid: &str,
+    value: &str,
+) -> Result<(), crate::error::ApiError> {
+    conn.execute(
+        &format!("UPDATE {table} SET {column} = ?2, last_op_date = ?3 WHERE uuid = ?1"),
+        rusqlite::params![uuid, value, crate::auth::now()],
+    )?;
+    Ok(())
+}
