@@ -43,6 +43,7 @@ bench:
 	bash scripts/bench-installer.sh
 	bash scripts/bench-backup.sh
 	bash scripts/bench-upgrade.sh
+	bash scripts/bench-scale.sh
 
 clean:
 	$(CARGO) clean

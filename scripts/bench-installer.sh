@@ -35,17 +35,7 @@ if [ "${ZSTACK_BENCH_REAL_INSTALL:-}" = 1 ]; then
     if [ -e /usr/local/zstack/current ] || [ -e /etc/zstack ]; then
         echo "real install: skipped, ZStack is already installed on this host"
     else
-        cat >"$work/uninstall.sh" <<'UNINSTALL'
-zstack-ctl stop >/dev/null 2>&1 || true
-rm -rf /usr/local/zstack /etc/zstack /var/lib/zstack /var/log/zstack /var/log/zstack-installer.log \
-    /usr/bin/zstack-ctl /usr/bin/zstack-cli /etc/systemd/system/zstack-server.service \
-    /etc/systemd/system/zstack-kvmagent.service /etc/systemd/system/multi-user.target.wants/zstack-*.service /run/zstack
-if crontab -l >/dev/null 2>&1; then
-    rest=$(crontab -l | grep -v 'zstack-ctl dump_mysql' || true)
-    if [ -n "$rest" ]; then printf '%s\n' "$rest" | crontab -; else crontab -r; fi
-fi
-UNINSTALL
-        hyperfine --runs 5 --export-json "$work/real.json" --cleanup "bash $work/uninstall.sh" \
+        hyperfine --runs 5 --export-json "$work/real.json" --cleanup "bash scripts/uninstall-from-host.sh" \
             -n "real install until the API answers" "bash $BIN -q -I 127.0.0.1 && curl -sf http://127.0.0.1:8080/health >/dev/null" >/dev/null
         real_json=$work/real.json
     fi

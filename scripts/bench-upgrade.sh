@@ -12,15 +12,8 @@ if [ -e /usr/local/zstack/current ] || [ -e /etc/zstack ]; then
 fi
 work=$(mktemp -d)
 cleanup() {
-    zstack-ctl stop >/dev/null 2>&1 || true
-    rm -rf /usr/local/zstack /etc/zstack /var/lib/zstack /var/log/zstack /var/log/zstack-installer.log \
-        /usr/bin/zstack-ctl /usr/bin/zstack-cli /etc/systemd/system/zstack-server.service \
-        /etc/systemd/system/zstack-kvmagent.service /etc/systemd/system/multi-user.target.wants/zstack-*.service \
-        /run/zstack /var/lib/zstack-installer.journal "$work"
-    if crontab -l >/dev/null 2>&1; then
-        rest=$(crontab -l | grep -v 'zstack-ctl dump_mysql' || true)
-        if [ -n "$rest" ]; then printf '%s\n' "$rest" | crontab -; else crontab -r; fi
-    fi
+    bash scripts/uninstall-from-host.sh
+    rm -rf "$work"
 }
 trap cleanup EXIT
 

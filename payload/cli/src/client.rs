@@ -8,17 +8,16 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::args::Call;
-use crate::json::Json;
 
 /// What the management node answered, once it is known to be JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// 200: the result.
-    Done(Json),
+    Done(Value),
     /// 202: `{"jobUuid", "location"}` of the job that carries the call on.
-    Accepted(Json),
+    Accepted(Value),
     /// An HTTP error status: `{"error": {"code", "message", "field"}}`.
-    Refused(Json),
+    Refused(Value),
 }
 
 /// An API call as `GET /v1/apis` describes it.
@@ -115,7 +114,7 @@ impl Client {
     pub fn apis(&self) -> anyhow::Result<Vec<ApiInfo>> {
         let url = format!("{}/v1/apis", self.base);
         let v = match reply(&url, self.agent.get(&url).call())? {
-            Reply::Done(v) => v.to_value(),
+            Reply::Done(v) => v,
             Reply::Accepted(v) | Reply::Refused(v) => bail!("{url} answered {v}"),
         };
         let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
@@ -156,7 +155,7 @@ fn reply(url: &str, r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Re
     let body = resp
         .into_string()
         .with_context(|| format!("{url}: cannot read the answer (HTTP {status})"))?;
-    let value = Json::parse(&body).with_context(|| {
+    let value: Value = serde_json::from_str(&body).with_context(|| {
         format!(
             "the management node answered HTTP {status} with something that is not JSON: {}",
             body.trim()

@@ -14,12 +14,9 @@
 //!   until it ends and prints its result as a synchronous call would (`--no-wait`: the 202 body).
 //! - `--table` prints inventories as a table (`table.rs`); errors are always JSON.
 //! - Exit codes: 0 done, 1 refused by the server or not reachable, 2 a wrong command line.
-//!
-//! Answers are kept as [`json::Json`], which keeps the server's key order for people to read.
 
 mod args;
 mod client;
-mod json;
 mod shell;
 mod table;
 
@@ -31,10 +28,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde_json::{json, Map, Value};
 
 use crate::args::{Call, Flags};
 use crate::client::{Client, Reply};
-use crate::json::Json;
 
 /// Seconds each job poll asks the server to hold the request (the server's limit is 60).
 const JOB_WAIT: u64 = 30;
@@ -122,8 +119,8 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 
 /// How a call ended: what to print, and whether it succeeded.
 enum Outcome {
-    Success(Json),
-    Failure(Json),
+    Success(Value),
+    Failure(Value),
 }
 
 /// Runs one call, prints its answer to `out` and returns the exit code. The one-shot command
@@ -162,13 +159,15 @@ fn run_call(client: &Client, flags: Flags, call: &Call) -> anyhow::Result<Outcom
 }
 
 /// Polls the job a 202 answer named until it ends.
-fn wait_for_job(client: &Client, accepted: &Json) -> anyhow::Result<Outcome> {
+fn wait_for_job(client: &Client, accepted: &Value) -> anyhow::Result<Outcome> {
     let uuid = accepted
-        .str_at(&["jobUuid"])
+        .get("jobUuid")
+        .and_then(Value::as_str)
         .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         .with_context(|| format!("the management node answered 202 without a job: {accepted}"))?;
     let location = accepted
-        .str_at(&["location"])
+        .get("location")
+        .and_then(Value::as_str)
         .filter(|l| l.starts_with('/'))
         .map(str::to_string)
         .unwrap_or_else(|| format!("/v1/api-jobs/{uuid}"));
@@ -187,22 +186,22 @@ fn wait_for_job(client: &Client, accepted: &Json) -> anyhow::Result<Outcome> {
         let Some(job) = body.get("job") else {
             bail!("job {uuid}: the answer has no job: {body}");
         };
-        match job.str_at(&["state"]) {
+        match job.get("state").and_then(Value::as_str) {
             Some("Succeeded") => {
                 return Ok(Outcome::Success(match job.get("result") {
-                    None | Some(Json::Null) => Json::Object(Vec::new()),
+                    None | Some(Value::Null) => Value::Object(Map::new()),
                     Some(r) => r.clone(),
                 }))
             }
             Some("Failed") => {
                 let error = match job.get("error") {
-                    None | Some(Json::Null) => Json::object(vec![
-                        ("code", Json::String("JOB_FAILED".into())),
-                        ("message", Json::String(format!("job {uuid} failed"))),
-                    ]),
+                    None | Some(Value::Null) => json!({
+                        "code": "JOB_FAILED",
+                        "message": format!("job {uuid} failed"),
+                    }),
                     Some(e) => e.clone(),
                 };
-                return Ok(Outcome::Failure(Json::object(vec![("error", error)])));
+                return Ok(Outcome::Failure(json!({ "error": error })));
             }
             Some(_) => {
                 let took = asked.elapsed();
@@ -216,10 +215,10 @@ fn wait_for_job(client: &Client, accepted: &Json) -> anyhow::Result<Outcome> {
 }
 
 /// A login keeps its session for the next calls; a logout of this session forgets it.
-fn keep_session(client: &Client, call: &Call, result: &Json) -> anyhow::Result<()> {
+fn keep_session(client: &Client, call: &Call, result: &Value) -> anyhow::Result<()> {
     match call.command.as_str() {
         "LogInByAccount" => {
-            if let Some(uuid) = result.str_at(&["inventory", "uuid"]) {
+            if let Some(uuid) = result.pointer("/inventory/uuid").and_then(Value::as_str) {
                 client.save_session(uuid)?;
             }
         }
@@ -235,10 +234,11 @@ fn keep_session(client: &Client, call: &Call, result: &Json) -> anyhow::Result<(
 }
 
 /// Prints an answer; returns the exit code (1 when stdout is gone).
-fn print(out: &mut dyn Write, v: &Json, table: bool) -> i32 {
+fn print(out: &mut dyn Write, v: &Value, table: bool) -> i32 {
     let text = match table.then(|| table::render(v)).flatten() {
         Some(t) => t,
-        None => format!("{}\n", v.pretty()),
+        // `{:#}` is serde_json's pretty form, in the server's key order.
+        None => format!("{v:#}\n"),
     };
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => 0,
@@ -253,7 +253,6 @@ fn print(out: &mut dyn Write, v: &Json, table: bool) -> i32 {
 mod tests {
     use super::*;
     use crate::testserver::{Answer, TestServer};
-    use serde_json::json;
 
     const JOB: &str = "0123456789abcdef0123456789abcdef";
 
@@ -288,6 +287,29 @@ mod tests {
             202,
             json!({"jobUuid": JOB, "location": format!("/v1/api-jobs/{JOB}")}),
         )
+    }
+
+    /// Answers are printed in the server's key order: this relies on the workspace enabling
+    /// serde_json's `preserve_order` feature.
+    #[test]
+    fn answers_keep_the_servers_key_order() {
+        let text = r#"{"uuid":"u","name":"n","a":[1,-2,3.5,true,null,{"z":1,"b":"x\"y"}]}"#;
+        let v: Value = serde_json::from_str(text).expect("JSON");
+        assert_eq!(v.to_string(), text);
+        let mut out = Vec::new();
+        assert_eq!(print(&mut out, &v, false), 0);
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(
+            out.starts_with("{\n  \"uuid\": \"u\",\n  \"name\": \"n\",\n  \"a\": [\n    1,\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("\n      \"b\": \"x\\\"y\"\n    }\n  ]\n}\n"),
+            "{out}"
+        );
+        // A repeated key keeps its first place and its last value.
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":2,"b":3}"#).expect("JSON");
+        assert_eq!(v.to_string(), r#"{"b":3,"a":2}"#);
     }
 
     #[test]

@@ -1,31 +1,29 @@
 //! `--table`: inventories as rows and columns, for people; JSON stays the format for scripts.
 
-use crate::json::Json;
+use serde_json::{Map, Value};
 
 /// Cells holding a list or an object show this many characters of their JSON at most.
 const MAX_NESTED: usize = 40;
 
 /// The table for `{"inventories": [...]}` (a row per item) or `{"inventory": {...}}` (one row);
 /// `None` for any other answer, which is printed as JSON. An empty list has no rows and no
-/// columns, so it renders as nothing.
-pub fn render(v: &Json) -> Option<String> {
-    let rows: Vec<&[(String, Json)]> = match v {
-        Json::Object(members) if members.len() == 1 => match (&members[0].0[..], &members[0].1) {
-            ("inventories", Json::Array(items)) => items
-                .iter()
-                .map(|i| match i {
-                    Json::Object(row) => Some(&row[..]),
-                    _ => None,
-                })
-                .collect::<Option<_>>()?,
-            ("inventory", Json::Object(row)) => vec![&row[..]],
-            _ => return None,
-        },
+/// columns, so it renders as nothing. Columns follow the order in which keys first appear, which
+/// is the server's order (the workspace enables serde_json's `preserve_order`).
+pub fn render(v: &Value) -> Option<String> {
+    let members = match v {
+        Value::Object(members) if members.len() == 1 => members,
+        _ => return None,
+    };
+    let rows: Vec<&Map<String, Value>> = match members.iter().next()? {
+        (k, Value::Array(items)) if k == "inventories" => {
+            items.iter().map(Value::as_object).collect::<Option<_>>()?
+        }
+        (k, Value::Object(row)) if k == "inventory" => vec![row],
         _ => return None,
     };
     let mut columns: Vec<&str> = Vec::new();
     for row in &rows {
-        for (k, _) in row.iter() {
+        for k in row.keys() {
             if !columns.contains(&k.as_str()) {
                 columns.push(k);
             }
@@ -37,12 +35,7 @@ pub fn render(v: &Json) -> Option<String> {
     let header: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| {
-            columns
-                .iter()
-                .map(|c| cell(row.iter().find(|(k, _)| k == c).map(|(_, v)| v)))
-                .collect()
-        })
+        .map(|row| columns.iter().map(|c| cell(row.get(*c))).collect())
         .collect();
     let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
@@ -78,12 +71,12 @@ fn width(s: &str) -> usize {
     s.chars().count()
 }
 
-fn cell(v: Option<&Json>) -> String {
+fn cell(v: Option<&Value>) -> String {
     match v {
-        None | Some(Json::Null) => String::new(),
+        None | Some(Value::Null) => String::new(),
         // A line break or tab inside a cell would break the row apart.
-        Some(Json::String(s)) => s.replace(['\n', '\r', '\t'], " "),
-        Some(nested @ (Json::Array(_) | Json::Object(_))) => {
+        Some(Value::String(s)) => s.replace(['\n', '\r', '\t'], " "),
+        Some(nested @ (Value::Array(_) | Value::Object(_))) => {
             let json = nested.to_string();
             if width(&json) > MAX_NESTED {
                 let mut cut: String = json.chars().take(MAX_NESTED - 1).collect();
@@ -101,8 +94,8 @@ fn cell(v: Option<&Json>) -> String {
 mod tests {
     use super::*;
 
-    fn json(text: &str) -> Json {
-        Json::parse(text).expect("JSON")
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).expect("JSON")
     }
 
     #[test]
@@ -120,6 +113,13 @@ a1    zone1  Enabled
 b22   z2              two lines    4       true
 ";
         assert_eq!(render(&v).as_deref(), Some(expected));
+
+        // Columns follow the order keys are first seen in, not the alphabet nor a later row.
+        let v = json(r#"{"inventories": [{"zone": "z", "b": 1}, {"a": 2, "b": 3, "zone": "y"}]}"#);
+        assert_eq!(
+            render(&v).as_deref(),
+            Some("zone  b  a\n----  -  -\nz     1\ny     3  2\n")
+        );
     }
 
     #[test]
