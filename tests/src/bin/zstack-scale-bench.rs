@@ -41,7 +41,10 @@ impl Api {
         if status != 202 {
             return Ok(v);
         }
-        let job = v["jobUuid"].as_str().ok_or("202 without jobUuid")?.to_string();
+        let job = v["jobUuid"]
+            .as_str()
+            .ok_or("202 without jobUuid")?
+            .to_string();
         self.wait(&job)
     }
 
@@ -150,7 +153,10 @@ fn main() {
         json!({"primaryStorageUuid": ps, "clusterUuid": cluster}),
     )
     .unwrap();
-    let bs = api.uuid("AddLocalBackupStorage", json!({"name": "bs", "url": bs_dir}));
+    let bs = api.uuid(
+        "AddLocalBackupStorage",
+        json!({"name": "bs", "url": bs_dir}),
+    );
     api.call(
         "AttachBackupStorageToZone",
         json!({"backupStorageUuid": bs, "zoneUuid": zone}),
@@ -173,7 +179,10 @@ fn main() {
         json!({"l2NetworkUuid": l2, "clusterUuid": cluster}),
     )
     .unwrap();
-    let l3 = api.uuid("CreateL3Network", json!({"name": "l3", "l2NetworkUuid": l2}));
+    let l3 = api.uuid(
+        "CreateL3Network",
+        json!({"name": "l3", "l2NetworkUuid": l2}),
+    );
     api.call(
         "AddIpRange",
         json!({"l3NetworkUuid": l3, "name": "r", "startIp": "10.0.0.10", "endIp": "10.0.255.250",
@@ -246,12 +255,19 @@ fn main() {
 
     let failures = failures.into_inner().unwrap();
     if !failures.is_empty() {
-        eprintln!("{} creation(s) failed; first: {}", failures.len(), failures[0]);
+        eprintln!(
+            "{} creation(s) failed; first: {}",
+            failures.len(),
+            failures[0]
+        );
         std::process::exit(1);
     }
     // Every VM Running, no IP twice.
     let all = api
-        .call("QueryVmInstance", json!({"conditions": [{"name": "state", "op": "=", "value": "Running"}]}))
+        .call(
+            "QueryVmInstance",
+            json!({"conditions": [{"name": "state", "op": "=", "value": "Running"}]}),
+        )
         .unwrap();
     let list = all["inventories"].as_array().unwrap();
     let ips: HashSet<&str> = list
