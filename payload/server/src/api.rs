@@ -48,6 +48,8 @@ pub struct Call<'a> {
 }
 
 pub enum Handler {
+    /// Only reads: runs on a reader connection, so it does not wait for the writers.
+    Read(fn(&Call) -> Result<Value, ApiError>),
     /// Answers at once.
     Sync(fn(&Call) -> Result<Value, ApiError>),
     /// Checks and reserves at once, then runs the returned job; the caller polls it.

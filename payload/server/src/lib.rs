@@ -40,6 +40,13 @@ pub struct Node {
     /// One connection behind one lock: every check-and-reserve (allocation of hosts, storage,
     /// IPs) runs as one transaction under it, so two calls can never take the same thing.
     pub db: Mutex<rusqlite::Connection>,
+    /// Connections for calls that only read. In WAL mode a reader sees the last commit without
+    /// waiting for the writer, so queries keep answering during a storm of creations.
+    pub readers: ReaderPool,
+    /// Calls that write wait here (without holding a thread) rather than on the DB lock, and
+    /// jobs wait for a slot: the blocking pool keeps threads free for reads under any load.
+    pub write_slots: tokio::sync::Semaphore,
+    pub job_slots: Arc<tokio::sync::Semaphore>,
     pub jobs: job::JobBoard,
     /// The secret agents require (`kvmagent.secret`).
     pub agent_secret: Option<String>,
@@ -85,8 +92,72 @@ impl Node {
         }
     }
 
+    /// A connection for reading.
+    pub fn reader(&self) -> Result<PooledReader<'_>, ApiError> {
+        self.readers.get()
+    }
+
     pub fn image_url(&self, image: &str) -> String {
         format!("{}/v1/images/{image}/download", self.base_url)
+    }
+}
+
+/// Reader connections, opened on demand and kept for the next read.
+pub struct ReaderPool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+/// Write calls prepared at once (they take the DB lock in turn anyway).
+const WRITERS: usize = 16;
+/// Jobs run at once; each may wait on an agent. The rest wait, recorded as Running.
+const JOB_RUNNERS: usize = 256;
+
+/// Idle reader connections kept open; more are opened under load and closed after.
+const IDLE_READERS: usize = 8;
+
+impl ReaderPool {
+    pub fn new(path: &Path) -> ReaderPool {
+        ReaderPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn get(&self) -> Result<PooledReader<'_>, ApiError> {
+        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let conn = match idle {
+            Some(c) => c,
+            None => zstack_db::open_existing(&self.path)
+                .map_err(|e| ApiError::internal(format!("cannot open the database: {e}")))?,
+        };
+        Ok(PooledReader {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+}
+
+pub struct PooledReader<'a> {
+    pool: &'a ReaderPool,
+    conn: Option<rusqlite::Connection>,
+}
+
+impl std::ops::Deref for PooledReader<'_> {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        // Always Some until drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let (Some(c), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock()) {
+            if idle.len() < IDLE_READERS {
+                idle.push(c);
+            }
+        }
     }
 }
 
@@ -125,6 +196,9 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     let node = Arc::new(Node {
         release: version,
         db: Mutex::new(conn),
+        readers: ReaderPool::new(&db_path),
+        write_slots: tokio::sync::Semaphore::new(WRITERS),
+        job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
         jobs: job::JobBoard::default(),
         agent_secret: props
             .get(keys::AGENT_SECRET)
@@ -247,7 +321,7 @@ fn require_session(conn: &rusqlite::Connection, session: Option<&str>) -> Result
 
 enum Answer {
     Now(serde_json::Value),
-    Job(String),
+    Job(String, job::Job),
 }
 
 /// `POST /v1/api/<Name>`: checks the call and its parameters, the session where one is needed,
@@ -277,8 +351,25 @@ async fn call_api(
     };
     let session = session_of(&headers);
     let worker = node.clone();
+    let _slot = match &spec.handler {
+        api::Handler::Read(_) => None,
+        _ => node.write_slots.acquire().await.ok(),
+    };
     let outcome = tokio::task::spawn_blocking(move || {
         let node = worker;
+        if let api::Handler::Read(f) = &spec.handler {
+            let conn = node.reader()?;
+            if spec.needs_session {
+                require_session(&conn, session.as_deref())?;
+            }
+            let call = api::Call {
+                conn: &conn,
+                node: &node,
+                params: &params,
+                session,
+            };
+            return f(&call).map(Answer::Now);
+        }
         let conn = node.db()?;
         if spec.needs_session {
             require_session(&conn, session.as_deref())?;
@@ -290,43 +381,59 @@ async fn call_api(
             session,
         };
         match &spec.handler {
-            api::Handler::Sync(f) => f(&call).map(Answer::Now),
+            api::Handler::Sync(f) | api::Handler::Read(f) => f(&call).map(Answer::Now),
             api::Handler::Async(f) => {
                 let job = f(&call)?;
                 let uuid = node
                     .jobs
                     .create(&conn, spec.name, job.resource_uuid.as_deref())?;
-                drop(conn);
-                let runner = node.clone();
-                let job_uuid = uuid.clone();
-                // The job runs on the blocking pool: agent calls and copies block.
-                tokio::runtime::Handle::current().spawn_blocking(move || {
-                    let outcome = (job.run)(&runner);
-                    let recorded = runner
-                        .db()
-                        .and_then(|c| runner.jobs.finish(&c, &job_uuid, &outcome));
-                    if let Err(e) = recorded {
-                        runner.log.error(&format!(
-                            "job {job_uuid}: cannot record its outcome: {}",
-                            e.message
-                        ));
-                    }
-                });
-                Ok(Answer::Job(uuid))
+                Ok(Answer::Job(uuid, job))
             }
         }
     })
     .await;
     match outcome {
         Ok(Ok(Answer::Now(v))) => Json(v).into_response(),
-        Ok(Ok(Answer::Job(uuid))) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"jobUuid": uuid, "location": format!("/v1/api-jobs/{uuid}")})),
-        )
-            .into_response(),
+        Ok(Ok(Answer::Job(uuid, job))) => {
+            run_job(node.clone(), uuid.clone(), job);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"jobUuid": uuid, "location": format!("/v1/api-jobs/{uuid}")})),
+            )
+                .into_response()
+        }
         Ok(Err(e)) => e.into_response(),
         Err(e) => ApiError::internal(format!("the call failed: {e}")).into_response(),
     }
+}
+
+/// Runs a job when a slot is free, on the blocking pool (agent calls and copies block), and
+/// records its outcome.
+fn run_job(node: Arc<Node>, uuid: String, job: job::Job) {
+    tokio::spawn(async move {
+        let slot = node.job_slots.clone().acquire_owned().await;
+        let runner = node.clone();
+        let job_uuid = uuid.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let outcome = (job.run)(&runner);
+            runner
+                .db()
+                .and_then(|c| runner.jobs.finish(&c, &job_uuid, &outcome))
+        })
+        .await;
+        let failure = match ran {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.message,
+            Err(e) => format!("the job panicked: {e}"),
+        };
+        node.log.error(&format!("job {uuid}: {failure}"));
+        // A job that died without recording its end is recorded as failed.
+        let err = ApiError::internal(failure);
+        if let Ok(c) = node.db() {
+            let _ = node.jobs.finish(&c, &uuid, &Err(err));
+        }
+    });
 }
 
 #[derive(serde::Deserialize)]
@@ -345,7 +452,7 @@ async fn get_job(
     let session = session_of(&headers);
     let read = |node: Arc<Node>, uuid: String, session: Option<String>| async move {
         tokio::task::spawn_blocking(move || {
-            let conn = node.db()?;
+            let conn = node.reader()?;
             require_session(&conn, session.as_deref())?;
             job::read(&conn, &uuid)
         })

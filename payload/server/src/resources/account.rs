@@ -33,7 +33,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Global configs with their values",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_global_config),
+        handler: Handler::Read(query_global_config),
     },
     ApiSpec {
         name: "UpdateGlobalConfig",
@@ -52,7 +52,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Asynchronous calls and their outcome (also `GET /v1/api-jobs/<uuid>`)",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_job),
+        handler: Handler::Read(query_job),
     },
 ];
 

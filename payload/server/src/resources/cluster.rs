@@ -29,7 +29,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Clusters, with the primary storage and L2 networks attached to them",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_cluster),
+        handler: Handler::Read(query_cluster),
     },
     ApiSpec {
         name: "UpdateCluster",

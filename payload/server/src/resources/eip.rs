@@ -47,7 +47,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "EIPs",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_eip),
+        handler: Handler::Read(query_eip),
     },
     ApiSpec {
         name: "DeleteEip",

@@ -65,7 +65,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Hosts with their connection status and free capacity",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_host),
+        handler: Handler::Read(query_host),
     },
     ApiSpec {
         name: "UpdateHost",

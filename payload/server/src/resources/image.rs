@@ -46,7 +46,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Images",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_image),
+        handler: Handler::Read(query_image),
     },
     ApiSpec {
         name: "DeleteImage",

@@ -55,7 +55,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "L2 networks",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_l2),
+        handler: Handler::Read(query_l2),
     },
     ApiSpec {
         name: "DeleteL2Network",
@@ -82,7 +82,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "L3 networks, with their IP ranges and network services",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_l3),
+        handler: Handler::Read(query_l3),
     },
     ApiSpec {
         name: "UpdateL3Network",
@@ -122,7 +122,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "IP ranges",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_ip_range),
+        handler: Handler::Read(query_ip_range),
     },
     ApiSpec {
         name: "DeleteIpRange",
@@ -137,7 +137,7 @@ pub const APIS: &[ApiSpec] = &[
                       DHCP, Userdata, Eip)",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_nsp),
+        handler: Handler::Read(query_nsp),
     },
     ApiSpec {
         name: "AttachNetworkServiceToL3Network",
@@ -180,7 +180,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "VIPs",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_vip),
+        handler: Handler::Read(query_vip),
     },
     ApiSpec {
         name: "DeleteVip",

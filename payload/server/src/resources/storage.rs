@@ -54,7 +54,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Primary storage with capacity",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_ps),
+        handler: Handler::Read(query_ps),
     },
     ApiSpec {
         name: "DeletePrimaryStorage",
@@ -103,7 +103,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Backup storage with capacity",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_bs),
+        handler: Handler::Read(query_bs),
     },
     ApiSpec {
         name: "DeleteBackupStorage",

@@ -42,7 +42,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Instance offerings",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_offering),
+        handler: Handler::Read(query_offering),
     },
     ApiSpec {
         name: "DeleteInstanceOffering",
@@ -74,7 +74,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "VMs, with their NICs and volumes",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_vm),
+        handler: Handler::Read(query_vm),
     },
     ApiSpec {
         name: "UpdateVmInstance",
@@ -148,7 +148,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Volumes (root and data)",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_volume),
+        handler: Handler::Read(query_volume),
     },
     ApiSpec {
         name: "DeleteDataVolume",

@@ -21,7 +21,7 @@ pub const APIS: &[ApiSpec] = &[
         description: "Zones",
         needs_session: true,
         params: QUERY_PARAMS,
-        handler: Handler::Sync(query_zone),
+        handler: Handler::Read(query_zone),
     },
     ApiSpec {
         name: "UpdateZone",
