@@ -69,12 +69,29 @@ pub fn serve(
     app: Router,
     log: &LogFile,
 ) -> anyhow::Result<()> {
+    serve_until_signal(service, version, port, app, log, || {})
+}
+
+/// How long work still running after the last request (a job waiting on an agent) may delay
+/// the exit; what it did not finish is picked up at the next start.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`serve`], calling `on_signal` as soon as SIGTERM or SIGINT arrives, so the service can end
+/// its long-held requests (job waits) instead of letting them hold up the exit.
+pub fn serve_until_signal(
+    service: Service,
+    version: &str,
+    port: u16,
+    app: Router,
+    log: &LogFile,
+    on_signal: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
     let app = app
         .merge(health_router(service, version))
         .fallback(not_found);
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -84,12 +101,17 @@ pub fn serve(
             std::process::id()
         ));
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async {
+                shutdown_signal().await;
+                on_signal();
+            })
             .await
             .context("HTTP server failed")?;
         log.info(&format!("{} stopped", service.description()));
         Ok(())
-    })
+    });
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    served
 }
 
 async fn shutdown_signal() {

@@ -48,6 +48,8 @@ pub struct Node {
     pub write_slots: tokio::sync::Semaphore,
     pub job_slots: Arc<tokio::sync::Semaphore>,
     pub jobs: job::JobBoard,
+    /// Set when the node is stopping: job waits answer at once.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// The secret agents require (`kvmagent.secret`).
     pub agent_secret: Option<String>,
     /// The port KVM agents listen on unless a host says otherwise.
@@ -200,6 +202,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         write_slots: tokio::sync::Semaphore::new(WRITERS),
         job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
         jobs: job::JobBoard::default(),
+        stopping: tokio::sync::watch::channel(false).0,
         agent_secret: props
             .get(keys::AGENT_SECRET)
             .filter(|s| !s.is_empty())
@@ -213,8 +216,17 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .route("/v1/apis", get(api_reference))
         .route("/v1/api/:name", post(call_api))
         .route("/v1/api-jobs/:uuid", get(get_job))
-        .with_state(node);
-    zstack_http::serve(Service::Server, &release.version, port, app, log)
+        .with_state(node.clone());
+    zstack_http::serve_until_signal(
+        Service::Server,
+        &release.version,
+        port,
+        app,
+        log,
+        move || {
+            node.stopping.send_replace(true);
+        },
+    )
 }
 
 /// What a previous run left half done: running jobs are failed with the reason, VMs in a
@@ -468,8 +480,12 @@ async fn get_job(
     let wait = q.wait.unwrap_or(0).min(60);
     if job["state"] == "Running" && wait > 0 {
         if let Some(rx) = rx.as_mut() {
-            // Either the job ends (the sender is dropped) or the wait runs out.
-            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
+            // The job ends (its sender is dropped), the wait runs out, or the node stops.
+            let mut stopping = node.stopping.subscribe();
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
             job = match read(node.clone(), uuid.clone(), session).await {
                 Ok(j) => j,
                 Err(e) => return e.into_response(),
