@@ -643,6 +643,74 @@ fn the_whole_api_flow_through_zstack_cli() {
     ]);
     assert_eq!(e["field"], "requiredIp");
 
+    // An image from an http:// URL the management node reaches (an air-gapped mirror).
+    let served = tempfile::tempdir().unwrap();
+    let file = qcow2(served.path(), "2G");
+    let port = serve_file_once(std::fs::read(&file).unwrap());
+    let bs = cli.list(&["QueryBackupStorage"])[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let img = cli.inv(&[
+        "AddImage",
+        "name=from-mirror",
+        &format!("url=http://127.0.0.1:{port}/guest.qcow2"),
+        &format!("backupStorageUuids={bs}"),
+    ]);
+    assert_eq!(
+        (img["status"].as_str(), img["size"].as_i64()),
+        (Some("Ready"), Some(2i64 << 30))
+    );
+    assert_eq!(img["sha256Sum"], sha256_hex(&file));
+    // A file that is not what its format says is refused, and not kept.
+    let fake = served.path().join("fake.qcow2");
+    std::fs::write(&fake, b"not a disk image").unwrap();
+    let e = cli.err(&[
+        "AddImage",
+        "name=fake",
+        &format!("url={}", fake.display()),
+        &format!("backupStorageUuids={bs}"),
+    ]);
+    assert_eq!(e["field"], "format", "{e}");
+    assert_eq!(cli.list(&["QueryImage", "name=fake"]).len(), 0);
+    let e = cli.err(&[
+        "AddImage",
+        "name=x",
+        "url=https://example.com/x.qcow2",
+        &format!("backupStorageUuids={bs}"),
+    ]);
+    assert_eq!(e["field"], "url");
+
+    // Primary storage in use cannot be detached; a second one can be attached and detached.
+    let ps = cli.list(&["QueryPrimaryStorage"])[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = cli.err(&[
+        "DetachPrimaryStorageFromCluster",
+        &format!("primaryStorageUuid={ps}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    assert_eq!(e["code"], "RESOURCE_IN_USE");
+    let ps2 = cli.uuid(&[
+        "AddSharedMountPointPrimaryStorage",
+        "name=smp2",
+        "url=/zstack_ps2",
+        &format!("zoneUuid={}", c.zone),
+    ]);
+    cli.ok(&[
+        "AttachPrimaryStorageToCluster",
+        &format!("primaryStorageUuid={ps2}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    let detached = cli.inv(&[
+        "DetachPrimaryStorageFromCluster",
+        &format!("primaryStorageUuid={ps2}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    assert_eq!(detached["attachedClusterUuids"], json!([]));
+    cli.ok(&["DeletePrimaryStorage", &format!("uuid={ps2}")]);
+
     // Deleting what is in use is refused with what to do first.
     let e = cli.err(&["DeleteCluster", &format!("uuid={}", c.cluster)]);
     assert!(e["message"].as_str().unwrap().contains("host"), "{e}");
@@ -751,6 +819,25 @@ fn no_ip_is_handed_out_twice_under_100_concurrent_creations() {
         .map(|h| h["availableCpuCapacity"].as_i64().unwrap())
         .sum();
     assert_eq!(free, 8 * 16 - 100);
+}
+
+/// Serves `body` to one HTTP GET; returns the port.
+fn serve_file_once(body: Vec<u8>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    port
 }
 
 /// Serves one file slowly over HTTP, forever: an image download that does not end by itself.
