@@ -4,6 +4,9 @@
 
 ALTER TABLE host ADD COLUMN agent_port INTEGER;
 ALTER TABLE host ADD COLUMN status_reason TEXT;
+ALTER TABLE host ADD COLUMN virtualization TEXT;            -- kvm | qemu (TCG) | simulator
+ALTER TABLE host ADD COLUMN libvirt_version TEXT;
+ALTER TABLE host ADD COLUMN qemu_version TEXT;
 CREATE INDEX host_cluster ON host (cluster_uuid);
 
 -- A simulator host is a real host type whose "hypervisor" is a table: its capacity, and the VMs it
@@ -41,6 +44,9 @@ ALTER TABLE l3_network ADD COLUMN description TEXT;
 ALTER TABLE l3_network ADD COLUMN type TEXT NOT NULL DEFAULT 'L3BasicNetwork';
 ALTER TABLE l3_network ADD COLUMN state TEXT NOT NULL DEFAULT 'Enabled';
 ALTER TABLE primary_storage ADD COLUMN description TEXT;
+-- Set once a host has written the storage's id file at the mount point; from then on every host
+-- must find that file, or it has another filesystem (or none) mounted at the path.
+ALTER TABLE primary_storage ADD COLUMN id_written INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE instance_offering ADD COLUMN description TEXT;
 
 -- A directory on the management node holding images; agents fetch images from the node.
@@ -153,6 +159,7 @@ ALTER TABLE volume ADD COLUMN description TEXT;
 ALTER TABLE volume ADD COLUMN status TEXT NOT NULL DEFAULT 'Ready';
 ALTER TABLE volume ADD COLUMN device_id INTEGER;
 ALTER TABLE volume ADD COLUMN format TEXT NOT NULL DEFAULT 'qcow2';
+ALTER TABLE volume ADD COLUMN cache_mode TEXT;               -- kvm/vm.cacheMode when last started or attached
 CREATE INDEX volume_vm ON volume (vm_uuid);
 
 ALTER TABLE vip ADD COLUMN description TEXT;

@@ -2,6 +2,9 @@
 //! root against the real `.bin` built by `make bin`; `make test` runs them with
 //! `--include-ignored`.
 
+pub mod cli;
+pub mod kvm;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -6,122 +6,13 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use zstack_tests::cli::*;
 use zstack_tests::*;
-
-/// zstack-cli with its own HOME (session file, history).
-struct Cli {
-    home: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Cli {
-        Cli {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn raw(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new("zstack-cli")
-            .args(args)
-            .env("HOME", self.home.path()))
-    }
-
-    /// The answer of a call that must succeed.
-    fn ok(&self, args: &[&str]) -> Value {
-        let o = self.raw(args);
-        assert!(
-            o.status.success(),
-            "zstack-cli {args:?} failed: {}",
-            text(&o)
-        );
-        let v: Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
-        assert!(v.get("error").is_none(), "zstack-cli {args:?}: {v}");
-        v
-    }
-
-    /// The error of a call that must be refused: exit 1 and `{"error": {...}}`.
-    fn err(&self, args: &[&str]) -> Value {
-        let o = self.raw(args);
-        assert_eq!(
-            o.status.code(),
-            Some(1),
-            "zstack-cli {args:?} was not refused: {}",
-            text(&o)
-        );
-        let v: Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
-        v["error"].clone()
-    }
-
-    fn inv(&self, args: &[&str]) -> Value {
-        self.ok(args)["inventory"].clone()
-    }
-
-    fn uuid(&self, args: &[&str]) -> String {
-        let inv = self.inv(args);
-        inv["uuid"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{args:?}: no uuid in {inv}"))
-            .to_string()
-    }
-
-    fn list(&self, args: &[&str]) -> Vec<Value> {
-        self.ok(args)["inventories"].as_array().unwrap().clone()
-    }
-
-    fn session(&self) -> String {
-        std::fs::read_to_string(self.home.path().join(".zstack/cli/session")).unwrap()
-    }
-}
-
-/// Installs the .bin on this host, logs in; removes everything when dropped.
-struct Stack {
-    cli: Cli,
-    password: String,
-    _guard: HostInstallGuard,
-}
-
-fn install() -> Stack {
-    require_root();
-    assert!(
-        !installed_on_host(),
-        "ZStack is already installed on this host; this test installs for real and removes it afterwards"
-    );
-    let guard = HostInstallGuard;
-    let out = ok(bin_cmd(&bin_path("1.2.0"), &["-I", "127.0.0.1", "--json"]));
-    let summary: Value = serde_json::from_str(&out).unwrap();
-    let password = summary["admin_password"].as_str().unwrap().to_string();
-    let cli = Cli::new();
-    cli.ok(&[
-        "LogInByAccount",
-        "accountName=admin",
-        &format!("password={password}"),
-    ]);
-    Stack {
-        cli,
-        password,
-        _guard: guard,
-    }
-}
-
-/// A qcow2 image of `size`, made with qemu-img.
-fn qcow2(dir: &Path, size: &str) -> PathBuf {
-    let p = dir.join("guest.qcow2");
-    ok(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&p)
-        .arg(size));
-    p
-}
-
-fn sha256_hex(p: &Path) -> String {
-    let out = ok(Command::new("sha256sum").arg(p));
-    out.split_whitespace().next().unwrap().to_string()
-}
 
 /// Zone, simulator cluster with `hosts` hosts, SMP storage, backup storage with an image, an
 /// offering, a private L3 (flat DHCP/Userdata/Eip, the range given) and a public L3.

@@ -32,6 +32,13 @@ pub struct HostFacts {
     pub memory_size: i64,
     pub hostname: String,
     pub agent_version: String,
+    /// `kvm` where /dev/kvm works, else `qemu` (software emulation, TCG).
+    #[serde(default)]
+    pub hypervisor: Option<String>,
+    #[serde(default)]
+    pub libvirt_version: Option<String>,
+    #[serde(default)]
+    pub qemu_version: Option<String>,
     #[serde(default)]
     pub vms: Option<Vec<VmReport>>,
 }
@@ -48,6 +55,13 @@ pub struct VmReport {
 #[serde(rename_all = "camelCase")]
 pub struct CheckStorage {
     pub url: String,
+    /// The primary storage's uuid, kept in an id file at the mount point: every host must find
+    /// the same one, or it has another filesystem mounted there.
+    #[serde(default)]
+    pub uuid: String,
+    /// The first check of a storage writes the id file; every later check requires it.
+    #[serde(default)]
+    pub write_id: bool,
 }
 
 /// Bytes.
@@ -76,6 +90,14 @@ pub struct DiskSpec {
     pub image_url: Option<String>,
     #[serde(default)]
     pub image_sha256: Option<String>,
+    /// The image's format (qcow2 or raw): the root volume is a qcow2 overlay on it.
+    #[serde(default)]
+    pub image_format: Option<String>,
+    #[serde(default)]
+    pub image_uuid: Option<String>,
+    /// The mount point of the volume's primary storage (the image cache lives under it).
+    #[serde(default)]
+    pub primary_storage_url: Option<String>,
     /// libvirt's cache mode: none | writethrough | writeback (kvm/vm.cacheMode when the VM
     /// started or the volume was attached).
     pub cache_mode: String,
@@ -117,6 +139,21 @@ pub struct VmSpec {
 #[serde(rename_all = "camelCase")]
 pub struct VmRef {
     pub uuid: String,
+}
+
+/// Stop: graceful (ACPI shutdown, forced after `timeout_secs`), or at once when `force`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopVm {
+    pub uuid: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default = "default_stop_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_stop_timeout() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

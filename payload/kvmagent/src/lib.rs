@@ -1,7 +1,19 @@
 //! The KVM host agent (`zstack-kvmagent`): answers the management node on `kvmagent.port`
 //! (7070). Every request but `GET /health` must carry the secret made at install
 //! (`kvmagent.secret` in zstack.properties) in the `X-ZStack-Agent-Secret` header.
+//!
+//! - `host.rs`: the host's tools (virsh, qemu-img, ip) behind one trait.
+//! - `vm.rs`: VMs as transient libvirt domains rendered from `templates/libvirt/`.
+//! - `storage.rs`: shared mount point checks, the image cache, volume files.
+//!
+//! The agent keeps no state of its own: the management node's database is the record, and a
+//! restart of the agent leaves every VM running (they are libvirt's processes).
 
+pub mod host;
+pub mod storage;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,20 +23,50 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use zstack_common::agent_proto::{path, CheckStorage, HostFacts, StorageCapacity};
+use zstack_common::agent_proto::{
+    path, CheckStorage, DeleteVolume, DestroyVm, HostFacts, StopVm, VmRef, VmSpec, VolumeAttachment,
+};
 use zstack_common::health::{Health, AGENT_SECRET_HEADER};
 use zstack_common::logfile::LogFile;
 use zstack_common::service::{keys, Service};
+use zstack_common::templates::Templates;
 use zstack_common::{Layout, Properties, Release, PRODUCT};
+
+use crate::host::{SystemTools, Virsh};
+use crate::vm::{Refusal, VmHost};
 
 struct AgentState {
     version: String,
     secret: String,
+    layout: Layout,
+    templates: Templates,
+    log: LogFile,
+}
+
+impl AgentState {
+    fn vm_host(&self) -> VmHost<'_> {
+        VmHost {
+            tools: &SystemTools,
+            templates: &self.templates,
+            run_dir: self.layout.host(self.layout.run_dir().join("kvmagent")),
+            console_dir: self.layout.host(self.layout.log_dir().join("vms")),
+            secret: &self.secret,
+        }
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run() -> anyhow::Result<()> {
     zstack_http::run_service(Service::KvmAgent, serve)
+}
+
+/// The release tree this program runs from (`<tree>/bin/zstack-kvmagent`).
+fn release_tree() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?.canonicalize()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("cannot locate the release tree of this program")
 }
 
 fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
@@ -37,15 +79,26 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .with_context(|| format!("{} is not set in zstack.properties", keys::AGENT_SECRET))?
         .to_string();
+    let templates = Templates::load(&release_tree()?.join("templates"))?;
     let state = Arc::new(AgentState {
         version: release.version.clone(),
         secret,
+        layout: layout.clone(),
+        templates,
+        log: log.clone(),
     });
 
     let authenticated = Router::new()
         .route(path::PING, get(ping).post(ping))
         .route(path::CONNECT, post(connect))
         .route(path::CHECK_SMP, post(check_smp))
+        .route(path::START_VM, post(start_vm))
+        .route(path::STOP_VM, post(stop_vm))
+        .route(path::REBOOT_VM, post(reboot_vm))
+        .route(path::DESTROY_VM, post(destroy_vm))
+        .route(path::ATTACH_VOLUME, post(attach_volume))
+        .route(path::DETACH_VOLUME, post(detach_volume))
+        .route(path::DELETE_VOLUME, post(delete_volume))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -104,13 +157,23 @@ fn refuse(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// What the host has: CPUs and memory from /proc, its hostname. The VM list is not reported
-/// (`vms` absent) until this agent runs VMs, so the management node leaves VM states alone.
+/// What the host has: CPUs and memory from /proc, its hostname, the virtualization libvirt will
+/// use, libvirt's and qemu's versions, and the VMs libvirt runs. libvirt must answer: a host
+/// whose libvirtd is down cannot run VMs, and says so.
 async fn connect(State(state): State<Arc<AgentState>>) -> Response {
-    match host_facts(&state.version) {
-        Ok(f) => Json(f).into_response(),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "HOST_FACTS", e),
-    }
+    blocking(state, |st| {
+        let mut facts = host_facts(&st.version).map_err(|e| Refusal::new("HOST_FACTS", e))?;
+        let (libvirt, qemu) = Virsh {
+            tools: &SystemTools,
+        }
+        .versions()?;
+        facts.libvirt_version = libvirt;
+        facts.qemu_version = qemu;
+        facts.hypervisor = Some(vm::domain_type().to_string());
+        facts.vms = Some(st.vm_host().report()?);
+        Ok(serde_json::to_value(facts).unwrap_or_default())
+    })
+    .await
 }
 
 fn host_facts(version: &str) -> Result<HostFacts, String> {
@@ -125,8 +188,115 @@ fn host_facts(version: &str) -> Result<HostFacts, String> {
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
         agent_version: version.to_string(),
+        hypervisor: None,
+        libvirt_version: None,
+        qemu_version: None,
         vms: None,
     })
+}
+
+/// Runs `f` on the blocking pool; answers its value, or its refusal as
+/// `{"error": {"code", "message"}}`.
+async fn blocking(
+    state: Arc<AgentState>,
+    f: impl FnOnce(&AgentState) -> Result<serde_json::Value, Refusal> + Send + 'static,
+) -> Response {
+    let log_state = state.clone();
+    match tokio::task::spawn_blocking(move || f(&state)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(r)) => {
+            log_state
+                .log
+                .warn(&format!("refused: {} ({})", r.message, r.code));
+            let status = match r.code {
+                "BAD_REQUEST"
+                | "CACHE_MODE_UNSUPPORTED"
+                | "STORAGE_UNUSABLE"
+                | "BRIDGE_NEEDS_SETUP" => StatusCode::BAD_REQUEST,
+                "VM_NOT_RUNNING" => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            refuse(status, r.code, r.message)
+        }
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            e.to_string(),
+        ),
+    }
+}
+
+fn done() -> Result<serde_json::Value, Refusal> {
+    Ok(serde_json::json!({}))
+}
+
+async fn start_vm(State(state): State<Arc<AgentState>>, Json(spec): Json<VmSpec>) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().start(&spec)?;
+        st.log.info(&format!("VM {} started", spec.uuid));
+        done()
+    })
+    .await
+}
+
+async fn stop_vm(State(state): State<Arc<AgentState>>, Json(req): Json<StopVm>) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().stop(&req)?;
+        st.log.info(&format!("VM {} stopped", req.uuid));
+        done()
+    })
+    .await
+}
+
+async fn reboot_vm(State(state): State<Arc<AgentState>>, Json(req): Json<VmRef>) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().reboot(&req.uuid)?;
+        done()
+    })
+    .await
+}
+
+async fn destroy_vm(State(state): State<Arc<AgentState>>, Json(req): Json<DestroyVm>) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().destroy(&req)?;
+        st.log.info(&format!("VM {} destroyed", req.uuid));
+        done()
+    })
+    .await
+}
+
+async fn attach_volume(
+    State(state): State<Arc<AgentState>>,
+    Json(req): Json<VolumeAttachment>,
+) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().attach(&req)?;
+        done()
+    })
+    .await
+}
+
+async fn detach_volume(
+    State(state): State<Arc<AgentState>>,
+    Json(req): Json<VolumeAttachment>,
+) -> Response {
+    blocking(state, move |st| {
+        st.vm_host().detach(&req)?;
+        done()
+    })
+    .await
+}
+
+async fn delete_volume(
+    State(state): State<Arc<AgentState>>,
+    Json(req): Json<DeleteVolume>,
+) -> Response {
+    blocking(state, move |_| {
+        storage::delete_volume_file(Path::new(&req.install_path))
+            .map_err(|e| Refusal::new("STORAGE_UNUSABLE", e))?;
+        done()
+    })
+    .await
 }
 
 fn count_cpus(cpuinfo: &str) -> i64 {
@@ -143,39 +313,75 @@ fn mem_total(meminfo: &str) -> Option<i64> {
     kb.checked_mul(1024)
 }
 
-/// A shared mount point must be a directory this host can write; answers its capacity.
-async fn check_smp(Json(req): Json<CheckStorage>) -> Response {
-    match tokio::task::spawn_blocking(move || check_mount_point(&req.url)).await {
-        Ok(Ok(cap)) => Json(cap).into_response(),
-        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, "STORAGE_UNUSABLE", e),
-        Err(e) => refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            e.to_string(),
-        ),
-    }
+/// Checks a shared mount point (see `storage.rs`), answers its capacity, and makes the agent's
+/// unit wait for that filesystem at boot.
+async fn check_smp(
+    State(state): State<Arc<AgentState>>,
+    Json(req): Json<CheckStorage>,
+) -> Response {
+    blocking(state, move |st| {
+        let cap = storage::check_shared_mount_point(&req)
+            .map_err(|e| Refusal::new("STORAGE_UNUSABLE", e))?;
+        if let Err(e) = remember_mount(st, &req.url) {
+            st.log.warn(&format!(
+                "cannot record {} for the agent's unit: {e}",
+                req.url
+            ));
+        }
+        Ok(serde_json::to_value(cap).unwrap_or_default())
+    })
+    .await
 }
 
-fn check_mount_point(url: &str) -> Result<StorageCapacity, String> {
-    let dir = std::path::Path::new(url);
-    if !dir.is_absolute() {
-        return Err(format!("{url} is not an absolute path"));
+/// Adds `url` to the mounts the agent's unit requires (`RequiresMountsFor=` in a drop-in), so a
+/// host that boots before its shared filesystem is mounted does not start the agent on the empty
+/// directory.
+fn remember_mount(st: &AgentState, url: &str) -> Result<(), String> {
+    let list = st
+        .layout
+        .host(st.layout.data_dir().join("kvmagent/storage-mounts"));
+    let mut mounts: Vec<String> = std::fs::read_to_string(&list)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if mounts.iter().any(|m| m == url) {
+        return Ok(());
     }
-    if !dir.is_dir() {
-        return Err(format!(
-            "{url} is not a directory on this host; mount the shared storage there first"
-        ));
+    mounts.push(url.to_string());
+    if let Some(dir) = list.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
-    let probe = dir.join(format!(".zstack-write-check-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("cannot write to {url}: {e}"))?;
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {url}: {e}"))?;
-    let frag = st.fragment_size() as i64;
-    Ok(StorageCapacity {
-        total_capacity: (st.blocks() as i64).saturating_mul(frag),
-        available_capacity: (st.blocks_available() as i64).saturating_mul(frag),
-    })
+    zstack_common::fsutil::atomic_write(
+        &list,
+        format!("{}\n", mounts.join("\n")).as_bytes(),
+        0o644,
+    )
+    .map_err(|e| e.to_string())?;
+    let dropin = st.layout.host(
+        st.layout
+            .systemd_dir()
+            .join("zstack-kvmagent.service.d/zstack-storage.conf"),
+    );
+    let text = st
+        .templates
+        .render(
+            "systemd/zstack-kvmagent-storage.conf.tera",
+            &serde_json::json!({ "storage_mounts": mounts }),
+        )
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = dropin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    zstack_common::fsutil::atomic_write(&dropin, text.as_bytes(), 0o644)
+        .map_err(|e| e.to_string())?;
+    if Path::new("/run/systemd/system").exists() && !st.layout.is_sysroot() {
+        let _ = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -191,19 +397,5 @@ mod tests {
             Some(2048 * 1024)
         );
         assert_eq!(mem_total("MemFree: 1 kB\n"), None);
-    }
-
-    #[test]
-    fn a_mount_point_must_be_a_writable_directory() {
-        let d = tempfile::tempdir().unwrap();
-        let cap = check_mount_point(d.path().to_str().unwrap()).unwrap();
-        assert!(cap.total_capacity > 0 && cap.available_capacity <= cap.total_capacity);
-        assert!(check_mount_point("relative/path")
-            .unwrap_err()
-            .contains("absolute"));
-        let missing = d.path().join("missing");
-        assert!(check_mount_point(missing.to_str().unwrap())
-            .unwrap_err()
-            .contains("mount the shared storage"));
     }
 }

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zstack_common::agent_proto::{
-    self as proto, path, AgentErrorBody, DeleteVolume, DestroyVm, EipSpec, HostFacts,
+    self as proto, path, AgentErrorBody, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm,
     StorageCapacity, VmRef, VmReport, VmSpec, VolumeAttachment,
 };
 use zstack_common::health::AGENT_SECRET_HEADER;
@@ -60,9 +60,12 @@ pub trait HostAgent {
     fn connect(&self) -> Result<HostFacts, AgentError>;
     fn ping(&self) -> Result<(), AgentError>;
     /// Checks a shared mount point on the host: a directory it can write; its capacity.
-    fn check_shared_mount_point(&self, url: &str) -> Result<StorageCapacity, AgentError>;
+    fn check_shared_mount_point(
+        &self,
+        req: &proto::CheckStorage,
+    ) -> Result<StorageCapacity, AgentError>;
     fn start_vm(&self, spec: &VmSpec) -> Result<(), AgentError>;
-    fn stop_vm(&self, uuid: &str) -> Result<(), AgentError>;
+    fn stop_vm(&self, req: &StopVm) -> Result<(), AgentError>;
     fn reboot_vm(&self, uuid: &str) -> Result<(), AgentError>;
     fn destroy_vm(&self, req: &DestroyVm) -> Result<(), AgentError>;
     fn attach_volume(&self, req: &VolumeAttachment) -> Result<(), AgentError>;
@@ -150,14 +153,18 @@ impl HostAgent for KvmAgentClient {
     fn ping(&self) -> Result<(), AgentError> {
         self.call_unit(path::PING, &serde_json::json!({}))
     }
-    fn check_shared_mount_point(&self, url: &str) -> Result<StorageCapacity, AgentError> {
-        self.call(path::CHECK_SMP, &proto::CheckStorage { url: url.into() })
+    fn check_shared_mount_point(
+        &self,
+        req: &proto::CheckStorage,
+    ) -> Result<StorageCapacity, AgentError> {
+        self.call(path::CHECK_SMP, req)
     }
     fn start_vm(&self, spec: &VmSpec) -> Result<(), AgentError> {
         self.call_unit(path::START_VM, spec)
     }
-    fn stop_vm(&self, uuid: &str) -> Result<(), AgentError> {
-        self.call_unit(path::STOP_VM, &VmRef { uuid: uuid.into() })
+    fn stop_vm(&self, req: &StopVm) -> Result<(), AgentError> {
+        // A graceful stop may take its whole timeout before the forced one.
+        self.call_unit(path::STOP_VM, req)
     }
     fn reboot_vm(&self, uuid: &str) -> Result<(), AgentError> {
         self.call_unit(path::REBOOT_VM, &VmRef { uuid: uuid.into() })
@@ -272,13 +279,20 @@ impl HostAgent for SimulatorHost<'_> {
                 &self.host_uuid[..8.min(self.host_uuid.len())]
             ),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            hypervisor: Some("simulator".into()),
+            libvirt_version: None,
+            qemu_version: None,
             vms: Some(vms),
         })
     }
     fn ping(&self) -> Result<(), AgentError> {
         self.capacity().map(|_| ())
     }
-    fn check_shared_mount_point(&self, url: &str) -> Result<StorageCapacity, AgentError> {
+    fn check_shared_mount_point(
+        &self,
+        req: &proto::CheckStorage,
+    ) -> Result<StorageCapacity, AgentError> {
+        let url = &req.url;
         if !url.starts_with('/') {
             return Err(self.err(format!("{url} is not an absolute path")));
         }
@@ -291,8 +305,8 @@ impl HostAgent for SimulatorHost<'_> {
     fn start_vm(&self, spec: &VmSpec) -> Result<(), AgentError> {
         self.set_vm(&spec.uuid, Some("Running"))
     }
-    fn stop_vm(&self, uuid: &str) -> Result<(), AgentError> {
-        self.set_vm(uuid, None)
+    fn stop_vm(&self, req: &StopVm) -> Result<(), AgentError> {
+        self.set_vm(&req.uuid, None)
     }
     fn reboot_vm(&self, uuid: &str) -> Result<(), AgentError> {
         if !self.runs(uuid)? {

@@ -81,26 +81,41 @@ pub const QUERY_PARAMS: &[Param] = &[
     opt("count", "true: return only {total: N}"),
 ];
 
-/// Every call, in the order of the reference.
+/// The calls of each release: a release serves the calls whose tables its schema has. (Before
+/// 1.2.0 the API had accounts, global configs and zones.)
+type Since = (u64, u64, u64);
+
+const RELEASES: &[(Since, &[ApiSpec])] = &[
+    ((1, 0, 0), resources::account::APIS),
+    ((1, 0, 0), resources::zone::APIS),
+    ((1, 2, 0), resources::account::JOB_APIS),
+    ((1, 2, 0), resources::cluster::APIS),
+    ((1, 2, 0), resources::host::APIS),
+    ((1, 2, 0), resources::storage::APIS),
+    ((1, 2, 0), resources::image::APIS),
+    ((1, 2, 0), resources::network::APIS),
+    ((1, 2, 0), resources::vm::APIS),
+    ((1, 2, 0), resources::eip::APIS),
+];
+
+/// Every call of every release, in the order of the reference.
 pub fn all() -> impl Iterator<Item = &'static ApiSpec> {
-    [
-        resources::account::APIS,
-        resources::zone::APIS,
-        resources::cluster::APIS,
-        resources::host::APIS,
-        resources::storage::APIS,
-        resources::image::APIS,
-        resources::network::APIS,
-        resources::vm::APIS,
-        resources::eip::APIS,
-    ]
-    .into_iter()
-    .flatten()
+    RELEASES.iter().flat_map(|(_, apis)| apis.iter())
 }
 
-pub fn find(name: &str) -> Result<&'static ApiSpec, ApiError> {
-    all().find(|a| a.name == name).ok_or_else(|| {
-        let closest = closest(name, all().map(|a| a.name));
+/// The calls `release` serves.
+pub fn of_release(release: &semver::Version) -> impl Iterator<Item = &'static ApiSpec> + '_ {
+    let r = (release.major, release.minor, release.patch);
+    RELEASES
+        .iter()
+        .filter(move |(since, _)| *since <= r)
+        .flat_map(|(_, apis)| apis.iter())
+}
+
+/// The call `name` of `release`, or UNKNOWN_API with the closest name.
+pub fn find(release: &semver::Version, name: &str) -> Result<&'static ApiSpec, ApiError> {
+    of_release(release).find(|a| a.name == name).ok_or_else(|| {
+        let closest = closest(name, of_release(release).map(|a| a.name));
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "UNKNOWN_API",
@@ -137,10 +152,10 @@ pub fn check_params(spec: &ApiSpec, params: &Map<String, Value>) -> Result<(), A
     Ok(())
 }
 
-/// The reference of every call, as `GET /v1/apis` serves it.
-pub fn reference() -> Value {
+/// The reference of the calls of `release`, as `GET /v1/apis` serves it.
+pub fn reference(release: &semver::Version) -> Value {
     Value::Array(
-        all()
+        of_release(release)
             .map(|a| {
                 json!({
                     "name": a.name,
@@ -369,9 +384,10 @@ mod tests {
 
     #[test]
     fn unknown_calls_and_params_get_a_suggestion() {
-        let e = find("CreateZon").err().unwrap();
+        let r = semver::Version::new(1, 2, 0);
+        let e = find(&r, "CreateZon").err().unwrap();
         assert!(e.message.contains("CreateZone"), "{}", e.message);
-        let spec = find("CreateZone").unwrap();
+        let spec = find(&r, "CreateZone").unwrap();
         let mut p = Map::new();
         p.insert("nmae".into(), Value::String("z".into()));
         let e = check_params(spec, &p).unwrap_err();
@@ -382,6 +398,14 @@ mod tests {
             (e.code, e.field.as_deref()),
             ("MISSING_FIELD", Some("name"))
         );
+    }
+
+    #[test]
+    fn older_releases_serve_only_their_calls() {
+        let old = semver::Version::new(1, 1, 0);
+        assert!(find(&old, "CreateZone").is_ok());
+        assert!(find(&old, "CreateVmInstance").is_err());
+        assert!(find(&semver::Version::new(1, 2, 0), "CreateVmInstance").is_ok());
     }
 
     #[test]

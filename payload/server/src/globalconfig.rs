@@ -59,6 +59,17 @@ pub const DEFS: &[GlobalConfigDef] = &[
     GlobalConfigDef {
         since: (1, 2, 0),
         until: None,
+        category: "kvm",
+        name: "vm.gracefulStopTimeout",
+        kind: "integer",
+        default: "60",
+        description: "seconds StopVmInstance type=grace waits for the guest to power off (ACPI) before stopping it by force",
+        allowed: &[],
+        range: Some((1, 3600)),
+    },
+    GlobalConfigDef {
+        since: (1, 2, 0),
+        until: None,
         category: "host",
         name: "ping.interval",
         kind: "integer",

@@ -50,6 +50,8 @@ pub struct Node {
     pub jobs: job::JobBoard,
     /// Set when the node is stopping: job waits answer at once.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// When the host tracker last refreshed primary storage capacities.
+    pub capacity_refreshed: Mutex<Option<std::time::Instant>>,
     /// The secret agents require (`kvmagent.secret`).
     pub agent_secret: Option<String>,
     /// The port KVM agents listen on unless a host says otherwise.
@@ -189,7 +191,11 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
             log.info("created the admin account from zstack.properties");
         }
     }
-    recover(&conn, &version, log).map_err(|e| anyhow::anyhow!(e.message))?;
+    // Jobs, hosts and their tracking came with 1.2.0's schema.
+    let tracks_hosts = version >= semver::Version::new(1, 2, 0);
+    if tracks_hosts {
+        recover(&conn, &version, log).map_err(|e| anyhow::anyhow!(e.message))?;
+    }
 
     let ip = props
         .get(keys::MANAGEMENT_IP)
@@ -203,6 +209,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
         jobs: job::JobBoard::default(),
         stopping: tokio::sync::watch::channel(false).0,
+        capacity_refreshed: Mutex::new(None),
         agent_secret: props
             .get(keys::AGENT_SECRET)
             .filter(|s| !s.is_empty())
@@ -211,11 +218,14 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         base_url: format!("http://{ip}:{port}"),
         log: log.clone(),
     });
-    start_host_tracker(node.clone());
+    if tracks_hosts {
+        start_host_tracker(node.clone());
+    }
     let app = Router::new()
         .route("/v1/apis", get(api_reference))
         .route("/v1/api/:name", post(call_api))
         .route("/v1/api-jobs/:uuid", get(get_job))
+        .route("/v1/images/:uuid/download", get(download_image))
         .with_state(node.clone());
     zstack_http::serve_until_signal(
         Service::Server,
@@ -310,8 +320,8 @@ fn check_schema(layout: &Layout, release: &Release) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn api_reference() -> Json<serde_json::Value> {
-    Json(json!({ "apis": api::reference() }))
+async fn api_reference(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({ "apis": api::reference(&node.release) }))
 }
 
 fn session_of(headers: &HeaderMap) -> Option<String> {
@@ -346,7 +356,7 @@ async fn call_api(
     body: axum::body::Bytes,
 ) -> Response {
     let result = (|| {
-        let spec = api::find(&name)?;
+        let spec = api::find(&node.release, &name)?;
         let params: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
             serde_json::Map::new()
         } else {
@@ -446,6 +456,79 @@ fn run_job(node: Arc<Node>, uuid: String, job: job::Job) {
             let _ = node.jobs.finish(&c, &uuid, &Err(err));
         }
     });
+}
+
+/// `GET /v1/images/<uuid>/download`: an image's file, for agents (the install-time secret in
+/// `X-ZStack-Agent-Secret`), streamed from the backup storage.
+async fn download_image(
+    State(node): State<Arc<Node>>,
+    UrlPath(uuid): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let given = headers
+        .get(zstack_common::health::AGENT_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let allowed = match (&node.agent_secret, given) {
+        (Some(secret), Some(g)) => {
+            zstack_common::secret::constant_time_eq(g.as_bytes(), secret.as_bytes())
+        }
+        _ => false,
+    };
+    if !allowed {
+        return ApiError::unauthorized(format!(
+            "image downloads are for agents: send the agent secret in {}",
+            zstack_common::health::AGENT_SECRET_HEADER
+        ))
+        .into_response();
+    }
+    let lookup = {
+        let node = node.clone();
+        let uuid = uuid.clone();
+        tokio::task::spawn_blocking(move || -> Result<(String, i64), ApiError> {
+            use rusqlite::OptionalExtension;
+            let conn = node.reader()?;
+            let row: Option<(Option<String>, String, i64)> = conn
+                .query_row(
+                    "SELECT install_path, status, actual_size FROM image WHERE uuid = ?1",
+                    [&uuid],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            match row {
+                Some((Some(p), s, size)) if s == "Ready" => Ok((p, size)),
+                Some((_, s, _)) => Err(ApiError::wrong_state(format!("image {uuid} is {s}"))),
+                None => Err(ApiError::not_found("Image", &uuid)),
+            }
+        })
+        .await
+    };
+    let (path, size) = match lookup {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                f,
+                1 << 20,
+            ));
+            (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/octet-stream".to_string(),
+                    ),
+                    (axum::http::header::CONTENT_LENGTH, size.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            ApiError::internal(format!("cannot read image {uuid} at {path}: {e}")).into_response()
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

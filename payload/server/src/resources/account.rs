@@ -47,14 +47,16 @@ pub const APIS: &[ApiSpec] = &[
         ],
         handler: Handler::Sync(update_global_config),
     },
-    ApiSpec {
-        name: "QueryJob",
-        description: "Asynchronous calls and their outcome (also `GET /v1/api-jobs/<uuid>`)",
-        needs_session: true,
-        params: QUERY_PARAMS,
-        handler: Handler::Read(query_job),
-    },
 ];
+
+/// Jobs came with 1.2.0.
+pub const JOB_APIS: &[ApiSpec] = &[ApiSpec {
+    name: "QueryJob",
+    description: "Asynchronous calls and their outcome (also `GET /v1/api-jobs/<uuid>`)",
+    needs_session: true,
+    params: QUERY_PARAMS,
+    handler: Handler::Read(query_job),
+}];
 
 fn log_in(c: &Call) -> Result<Value, ApiError> {
     let ttl: i64 = globalconfig::value(c.conn, &c.node.release, "identity", "session.timeout")?

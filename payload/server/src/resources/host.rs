@@ -110,12 +110,14 @@ pub const HOST: Table = Table {
     fields: &[
         ("uuid", "uuid"),
         ("name", "name"),
-        ("description", "status_reason"),
         ("zoneUuid", "zone_uuid"),
         ("clusterUuid", "cluster_uuid"),
         ("managementIp", "management_ip"),
         ("agentPort", "agent_port"),
         ("hypervisorType", "hypervisor_type"),
+        ("virtualization", "virtualization"),
+        ("libvirtVersion", "libvirt_version"),
+        ("qemuVersion", "qemu_version"),
         ("state", "state"),
         ("status", "status"),
         ("statusReason", "status_reason"),
@@ -344,8 +346,17 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
             }
             tx.execute(
                 "UPDATE host SET total_cpu = ?2, total_memory = ?3, status = 'Connected',
-                        status_reason = NULL, last_op_date = ?4 WHERE uuid = ?1",
-                params![uuid, facts.cpu_num, facts.memory_size, auth::now()],
+                        status_reason = NULL, virtualization = ?5, libvirt_version = ?6,
+                        qemu_version = ?7, last_op_date = ?4 WHERE uuid = ?1",
+                params![
+                    uuid,
+                    facts.cpu_num,
+                    facts.memory_size,
+                    auth::now(),
+                    facts.hypervisor,
+                    facts.libvirt_version,
+                    facts.qemu_version
+                ],
             )?;
             recompute_capacity(&tx, uuid)?;
             tx.commit()?;
@@ -444,6 +455,22 @@ pub fn track_once(node: &Node) -> Result<(), ApiError> {
             });
         }
     });
+    // Shared storage capacity changes under us (other tenants of the filesystem): re-read it now
+    // and then from one host per storage.
+    let due = {
+        let mut last = node
+            .capacity_refreshed
+            .lock()
+            .map_err(|_| ApiError::internal("a lock is poisoned"))?;
+        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
+    if due {
+        super::storage::refresh_capacities(node)?;
+    }
     Ok(())
 }
 

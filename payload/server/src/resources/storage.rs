@@ -253,30 +253,79 @@ pub fn record_capacity(
     Ok(())
 }
 
-/// Checks every primary storage attached to the host's cluster from the host.
-pub fn check_from_host(node: &Node, host: &HostRow) -> Result<(), ApiError> {
-    let storages: Vec<(String, String)> = {
-        let conn = node.db()?;
-        let mut st = conn.prepare(
-            "SELECT p.uuid, p.url FROM primary_storage p JOIN cluster_primary_storage cp
-                 ON cp.primary_storage_uuid = p.uuid WHERE cp.cluster_uuid = ?1",
-        )?;
-        let rows = st.query_map([&host.cluster_uuid], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
+/// Checks one primary storage from one host: the first successful check writes the storage's id
+/// file at the mount point, every later one requires it. Records the capacity seen.
+pub fn check_on(
+    node: &Node,
+    host: &HostRow,
+    ps: &str,
+) -> Result<zstack_common::agent_proto::StorageCapacity, ApiError> {
+    let (url, id_written): (String, bool) = node.db()?.query_row(
+        "SELECT url, id_written FROM primary_storage WHERE uuid = ?1",
+        [ps],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let req = zstack_common::agent_proto::CheckStorage {
+        url: url.clone(),
+        uuid: ps.to_string(),
+        write_id: !id_written,
     };
-    for (ps, url) in storages {
-        let cap = node
-            .agent(host)?
-            .check_shared_mount_point(&url)
-            .map_err(|e| ApiError::from(e).field("primaryStorageUuid"))
-            .map_err(|e| ApiError {
+    let cap = node
+        .agent(host)?
+        .check_shared_mount_point(&req)
+        .map_err(|e| {
+            let e = ApiError::from(e);
+            ApiError {
                 message: format!(
-                    "host {} cannot use primary storage {ps} at {url}: {}",
-                    host.management_ip, e.message
+                    "host {} ({}) cannot use primary storage {ps} at {url}: {}",
+                    host.uuid, host.management_ip, e.message
                 ),
                 ..e
-            })?;
-        record_capacity(&*node.db()?, &ps, &cap)?;
+            }
+        })?;
+    let conn = node.db()?;
+    conn.execute(
+        "UPDATE primary_storage SET id_written = 1 WHERE uuid = ?1",
+        [ps],
+    )?;
+    record_capacity(&conn, ps, &cap)?;
+    Ok(cap)
+}
+
+/// Checks every primary storage attached to the host's cluster from the host.
+pub fn check_from_host(node: &Node, host: &HostRow) -> Result<(), ApiError> {
+    let storages: Vec<String> = {
+        let conn = node.db()?;
+        let mut st = conn.prepare(
+            "SELECT primary_storage_uuid FROM cluster_primary_storage WHERE cluster_uuid = ?1",
+        )?;
+        let rows = st.query_map([&host.cluster_uuid], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for ps in storages {
+        check_on(node, host, &ps)?;
+    }
+    Ok(())
+}
+
+/// Refreshes the capacity of every attached primary storage from one connected host that
+/// reaches it (the tracker calls this now and then). Failures are the next connect's business.
+pub fn refresh_capacities(node: &Node) -> Result<(), ApiError> {
+    let pairs: Vec<(String, String)> = {
+        let conn = node.db()?;
+        let mut st = conn.prepare(
+            "SELECT cp.primary_storage_uuid, min(h.uuid) FROM cluster_primary_storage cp
+               JOIN host h ON h.cluster_uuid = cp.cluster_uuid AND h.status = 'Connected'
+              GROUP BY cp.primary_storage_uuid",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (ps, host) in pairs {
+        let host = HostRow::load(&*node.db()?, &host)?;
+        if let Err(e) = check_on(node, &host, &ps) {
+            node.log.warn(&e.message);
+        }
     }
     Ok(())
 }
@@ -327,25 +376,12 @@ fn attach_ps(c: &Call) -> Result<Job, ApiError> {
                 .filter(|h| h.cluster_uuid == cluster && h.status == "Connected")
                 .collect()
         };
-        let url: String = node.db()?.query_row(
-            "SELECT url FROM primary_storage WHERE uuid = ?1",
-            [&ps],
-            |r| r.get(0),
-        )?;
         // Every host must be able to use it before it is attached: a VM may land on any of them.
-        let mut capacity = None;
         for h in &hosts {
-            let cap = node.agent(h)?.check_shared_mount_point(&url).map_err(|e| {
-                let e = ApiError::from(e);
-                ApiError {
-                    message: format!(
-                        "not attached: host {} ({}) cannot use {url}: {}",
-                        h.uuid, h.management_ip, e.message
-                    ),
-                    ..e
-                }
+            check_on(node, h, &ps).map_err(|e| ApiError {
+                message: format!("not attached: {}", e.message),
+                ..e
             })?;
-            capacity.get_or_insert(cap);
         }
         let conn = node.db()?;
         let tx = conn.unchecked_transaction()?;
@@ -353,9 +389,6 @@ fn attach_ps(c: &Call) -> Result<Job, ApiError> {
             "INSERT INTO cluster_primary_storage (cluster_uuid, primary_storage_uuid, create_date) VALUES (?1, ?2, ?3)",
             params![cluster, ps, auth::now()],
         )?;
-        if let Some(cap) = capacity {
-            record_capacity(&tx, &ps, &cap)?;
-        }
         tx.commit()?;
         Ok(inventory(one(&conn, &PRIMARY_STORAGE, &ps)?))
     }))

@@ -9,7 +9,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
-use zstack_common::agent_proto::{DestroyVm, DiskSpec, EipSpec, NicSpec, VmSpec, VolumeAttachment};
+use zstack_common::agent_proto::{
+    DestroyVm, DiskSpec, EipSpec, NicSpec, StopVm, VmSpec, VolumeAttachment,
+};
 
 use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
@@ -97,9 +99,15 @@ pub const APIS: &[ApiSpec] = &[
     },
     ApiSpec {
         name: "StopVmInstance",
+        params: &[
+            req("uuid", "the VM"),
+            opt(
+                "type",
+                "grace (default: ACPI shutdown, forced after kvm/vm.gracefulStopTimeout seconds) or cold (at once)",
+            ),
+        ],
         description: "Stop a running VM; its host's CPU and memory are freed",
         needs_session: true,
-        params: &[req("uuid", "the VM")],
         handler: Handler::Async(stop_vm),
     },
     ApiSpec {
@@ -232,6 +240,7 @@ pub const VOLUME: Table = Table {
         ("size", "size"),
         ("deviceId", "device_id"),
         ("installPath", "install_path"),
+        ("cacheMode", "cache_mode"),
         ("state", "state"),
         ("status", "status"),
         ("createDate", "create_date"),
@@ -437,6 +446,21 @@ fn new_mac(conn: &Connection) -> Result<String, ApiError> {
     Err(ApiError::internal("cannot find a free MAC address"))
 }
 
+/// The account of the calling session (volumes live under `acct-<account>`).
+fn session_account(conn: &Connection, session: Option<&str>) -> Result<String, ApiError> {
+    let account: Option<String> = match session {
+        Some(s) => conn
+            .query_row(
+                "SELECT account_uuid FROM session WHERE uuid = ?1",
+                [s],
+                |r| r.get(0),
+            )
+            .optional()?,
+        None => None,
+    };
+    account.ok_or_else(|| ApiError::unauthorized("the session is not valid"))
+}
+
 fn cache_mode(node: &Node, conn: &Connection) -> Result<String, ApiError> {
     globalconfig::value(conn, &node.release, "kvm", "vm.cacheMode")
 }
@@ -501,17 +525,28 @@ fn disk_spec(
             ))
         },
     )?;
-    let (image_url, image_sha256) = match image.filter(|_| vtype == "Root") {
+    let ps_url: Option<String> = conn
+        .query_row(
+            "SELECT p.url FROM volume v JOIN primary_storage p ON p.uuid = v.primary_storage_uuid WHERE v.uuid = ?1",
+            [volume],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let image = image.filter(|_| vtype == "Root");
+    let image_uuid = image.clone();
+    let (image_url, image_sha256, image_format) = match image {
         Some(img) => {
-            let sha: Option<String> = conn
-                .query_row("SELECT sha256sum FROM image WHERE uuid = ?1", [&img], |r| {
-                    r.get(0)
-                })
+            let (sha, fmt): (Option<String>, Option<String>) = conn
+                .query_row(
+                    "SELECT sha256sum, format FROM image WHERE uuid = ?1",
+                    [&img],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?
-                .flatten();
-            (Some(node.image_url(&img)), sha)
+                .unwrap_or((None, None));
+            (Some(node.image_url(&img)), sha, fmt)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     Ok(DiskSpec {
         volume_uuid: volume.to_string(),
@@ -522,6 +557,9 @@ fn disk_spec(
         device_id: dev.unwrap_or(0),
         image_url,
         image_sha256,
+        image_format,
+        image_uuid,
+        primary_storage_url: ps_url,
         cache_mode: cache.to_string(),
     })
 }
@@ -633,12 +671,12 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
             ApiError::not_found("InstanceOffering", offering).field("instanceOfferingUuid")
         })?;
     let image = c.required("imageUuid")?;
-    let (img_status, media, img_size, img_format): (String, String, i64, String) = c
+    let (img_status, media, img_size): (String, String, i64) = c
         .conn
         .query_row(
-            "SELECT status, media_type, size, format FROM image WHERE uuid = ?1",
+            "SELECT status, media_type, size FROM image WHERE uuid = ?1",
             [image],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?
         .ok_or_else(|| ApiError::not_found("Image", image).field("imageUuid"))?;
@@ -723,7 +761,9 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
         vm, name, c.str("description"), spot.zone, spot.cluster, spot.host, image, offering, root,
         default_l3, spot.hypervisor, cpu, mem, user_data, ts
     ])?;
-    let ext = if img_format == "raw" { "raw" } else { "qcow2" };
+    // The root volume is a qcow2 overlay on the image cached on the primary storage, whatever the
+    // image's own format; the layout is the original's.
+    let account = session_account(&tx, c.session.as_deref())?;
     tx.prepare_cached(
         "INSERT INTO volume (uuid, vm_uuid, name, type, install_path, size, state, status, device_id, format,
                              primary_storage_uuid, create_date, last_op_date)
@@ -733,9 +773,9 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
         root,
         vm,
         format!("ROOT-for-{name}"),
-        format!("{ps_url}/rootVolumes/vm-{vm}/{root}.{ext}"),
+        format!("{ps_url}/rootVolumes/acct-{account}/vol-{root}/{root}.qcow2"),
         img_size,
-        ext,
+        "qcow2",
         spot.storage,
         ts
     ])?;
@@ -814,6 +854,11 @@ fn run_on_host(node: &Node, vm: &str, host: &str) -> Result<(), ApiError> {
     for e in &eips {
         agent.apply_eip(e)?;
     }
+    // The cache mode the host used, per volume, for QueryVmInstance / QueryVolume.
+    node.db()?.execute(
+        "UPDATE volume SET cache_mode = ?2 WHERE vm_uuid = ?1",
+        params![vm, spec.root_volume.cache_mode],
+    )?;
     Ok(())
 }
 
@@ -975,6 +1020,11 @@ fn stop_vm(c: &Call) -> Result<Job, ApiError> {
         .host
         .clone()
         .ok_or_else(|| ApiError::wrong_state(format!("VM {uuid} is on no host")).field("uuid"))?;
+    let force = c.one_of("type", &["grace", "cold"], Some("grace"))? == "cold";
+    let timeout_secs: u64 =
+        globalconfig::value(c.conn, &c.node.release, "kvm", "vm.gracefulStopTimeout")?
+            .parse()
+            .unwrap_or(60);
     let before = row.state.clone();
     set_vm_state(c.conn, &uuid, "Stopping")?;
     Ok(Job::new(Some(uuid.clone()), move |node: &Node| {
@@ -987,7 +1037,11 @@ fn stop_vm(c: &Call) -> Result<Job, ApiError> {
             for e in &eips {
                 agent.remove_eip(e)?;
             }
-            agent.stop_vm(&uuid)?;
+            agent.stop_vm(&StopVm {
+                uuid: uuid.clone(),
+                force,
+                timeout_secs,
+            })?;
             Ok(())
         })();
         let conn = node.db()?;
@@ -1208,6 +1262,7 @@ fn attach_volume(c: &Call) -> Result<Job, ApiError> {
         [row.root.as_deref().unwrap_or("")],
         |r| r.get(0),
     )?;
+    let account = session_account(c.conn, c.session.as_deref())?;
     let tx = c.conn.unchecked_transaction()?;
     if v.status == "NotInstantiated" {
         let (url, avail): (String, i64) = tx.query_row(
@@ -1225,7 +1280,7 @@ fn attach_volume(c: &Call) -> Result<Job, ApiError> {
         }
         tx.execute(
             "UPDATE volume SET status = 'Ready', primary_storage_uuid = ?2, install_path = ?3 WHERE uuid = ?1",
-            params![vol, root_ps, format!("{url}/dataVolumes/vol-{vol}/{vol}.qcow2")],
+            params![vol, root_ps, format!("{url}/dataVolumes/acct-{account}/vol-{vol}/{vol}.qcow2")],
         )?;
         tx.execute(
             "UPDATE primary_storage SET available_capacity = available_capacity - ?2 WHERE uuid = ?1",
@@ -1266,6 +1321,10 @@ fn attach_volume(c: &Call) -> Result<Job, ApiError> {
                     )
                 };
                 node.agent(&hrow)?.attach_volume(&req)?;
+                node.db()?.execute(
+                    "UPDATE volume SET cache_mode = ?2 WHERE uuid = ?1",
+                    params![vol, req.disk.cache_mode],
+                )?;
                 Ok(())
             })();
             if let Err(e) = outcome {

@@ -1,0 +1,357 @@
+//! Shared mount point primary storage on this host: the checks before a directory may hold VM
+//! disks, the image cache, and the volume files (qcow2 through `qemu-img`).
+//!
+//! The classic failure of shared storage is writing VM disks into the empty directory under a
+//! filesystem that is not mounted (yet). So a storage path must be a mount point, writable, and
+//! carry the storage's id file: the first check writes it, every later check (on any host)
+//! requires it, which also catches a different filesystem mounted at the same path.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use zstack_common::agent_proto::{CheckStorage, StorageCapacity};
+
+use crate::host::HostTools;
+
+pub const ID_FILE: &str = ".zstack-primary-storage-id";
+
+/// An absolute, normalised path: no `.`/`..`, no `//`, no trailing `/`.
+pub fn check_path(url: &str) -> Result<&Path, String> {
+    let p = Path::new(url);
+    if !p.is_absolute() {
+        return Err(format!("{url} is not an absolute path"));
+    }
+    if url.len() > 1
+        && (url.ends_with('/')
+            || url.contains("//")
+            || url.split('/').any(|c| c == "." || c == ".."))
+    {
+        return Err(format!("{url} is not a normalised path"));
+    }
+    Ok(p)
+}
+
+/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space, ...).
+fn unescape_mount(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let code = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok());
+            if let Some(v) = code {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `path` is a mount point according to `mountinfo` (the 5th field of each line).
+pub fn is_mount_point(mountinfo: &str, path: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        l.split_whitespace()
+            .nth(4)
+            .is_some_and(|m| unescape_mount(m) == path)
+    })
+}
+
+/// Every check of a shared mount point; answers its capacity.
+pub fn check_shared_mount_point(req: &CheckStorage) -> Result<StorageCapacity, String> {
+    let dir = check_path(&req.url)?;
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory on this host; mount the shared storage there first",
+            req.url
+        ));
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    if !is_mount_point(&mountinfo, &req.url) {
+        return Err(format!(
+            "{} is not a mount point on this host: the shared filesystem is not mounted there \
+             (VM disks written now would land in the empty directory). Mount it, and add it to \
+             /etc/fstab (zstack-ctl fstab_line prints the line)",
+            req.url
+        ));
+    }
+    let probe = dir.join(format!(".zstack-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write to {}: {e}", req.url))?;
+    if !req.uuid.is_empty() {
+        let id_file = dir.join(ID_FILE);
+        match std::fs::read_to_string(&id_file) {
+            Ok(id) if id.trim() == req.uuid => {}
+            Ok(id) => {
+                return Err(format!(
+                    "{} holds the id of primary storage {} , not {}: another filesystem (or \
+                     another storage's) is mounted at this path on this host",
+                    req.url,
+                    id.trim(),
+                    req.uuid
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && req.write_id => {
+                zstack_common::fsutil::atomic_write(
+                    &id_file,
+                    format!("{}\n", req.uuid).as_bytes(),
+                    0o644,
+                )
+                .map_err(|e| format!("cannot write {}: {e}", id_file.display()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "{} has no {ID_FILE}: the filesystem mounted there on this host is not the one \
+                     the other hosts of primary storage {} use",
+                    req.url, req.uuid
+                ))
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", id_file.display())),
+        }
+    }
+    capacity(dir)
+}
+
+pub fn capacity(dir: &Path) -> Result<StorageCapacity, String> {
+    let st =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    let frag = st.fragment_size() as i64;
+    Ok(StorageCapacity {
+        total_capacity: (st.blocks() as i64).saturating_mul(frag),
+        available_capacity: (st.blocks_available() as i64).saturating_mul(frag),
+    })
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (cache mode `none`); tmpfs and some FUSE
+/// filesystems cannot, and qemu would then fail to start the VM.
+pub fn supports_o_direct(dir: &Path) -> Result<bool, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".zstack-odirect-check-{}", std::process::id()));
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    match opened {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => Ok(false),
+        Err(e) => Err(format!("cannot test O_DIRECT in {}: {e}", dir.display())),
+    }
+}
+
+/// `<ps>/imagecache/template/<image>/<image>.qcow2`, as the original laid it out.
+pub fn image_cache_path(ps_url: &str, image: &str) -> PathBuf {
+    Path::new(ps_url)
+        .join("imagecache/template")
+        .join(image)
+        .join(format!("{image}.qcow2"))
+}
+
+/// Makes sure the image is in the cache: downloaded once from the management node, checked
+/// against its sha256, renamed into place. A lock file serialises the first uses, also across
+/// hosts sharing the storage; the others wait for the one copy.
+pub fn ensure_cached_image(
+    cache: &Path,
+    url: &str,
+    sha256: Option<&str>,
+    secret: &str,
+) -> Result<(), String> {
+    let dir = cache
+        .parent()
+        .ok_or_else(|| format!("{} has no parent", cache.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| format!("cannot open the lock of {}: {e}", dir.display()))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock the image cache {}: {e}", dir.display()))?;
+    if cache.exists() {
+        return Ok(());
+    }
+    let resp = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(10))
+        .timeout_read(std::time::Duration::from_secs(300))
+        .build()
+        .get(url)
+        .set(zstack_common::health::AGENT_SECRET_HEADER, secret)
+        .call()
+        .map_err(|e| format!("cannot download the image from {url}: {e}"))?;
+    let part = dir.join(".download.part");
+    let mut out = std::fs::File::create(&part)
+        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let mut reader = resp.into_reader();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("downloading {url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+    }
+    out.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", part.display()))?;
+    let got = hex::encode(hasher.finalize());
+    if let Some(want) = sha256 {
+        if got != want {
+            let _ = std::fs::remove_file(&part);
+            return Err(format!(
+                "the image from {url} has sha256 {got}, the management node recorded {want}"
+            ));
+        }
+    }
+    std::fs::rename(&part, cache).map_err(|e| format!("cannot rename {}: {e}", part.display()))
+}
+
+fn parent_dir(path: &Path) -> Result<&Path, String> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{} has no parent", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A root volume: a qcow2 overlay on the cached image (the cache is never written to).
+pub fn create_overlay(
+    tools: &dyn HostTools,
+    path: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), String> {
+    parent_dir(path)?;
+    tools
+        .run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                &backing.display().to_string(),
+                "-F",
+                backing_format,
+                &path.display().to_string(),
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| e.message())
+}
+
+/// A data volume: an empty qcow2 of `size` bytes.
+pub fn create_blank(tools: &dyn HostTools, path: &Path, size: i64) -> Result<(), String> {
+    parent_dir(path)?;
+    tools
+        .run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &path.display().to_string(),
+                &size.to_string(),
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| e.message())
+}
+
+/// Deletes a volume's file and its `vol-<uuid>` directory; never the image cache.
+pub fn delete_volume_file(path: &Path) -> Result<(), String> {
+    if path.components().any(|c| c.as_os_str() == "imagecache") {
+        return Err(format!(
+            "{} is in the image cache; refusing to delete it",
+            path.display()
+        ));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        if dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("vol-"))
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_and_normalised() {
+        assert!(check_path("/zstack_ps").is_ok());
+        assert!(check_path("zstack_ps").is_err());
+        assert!(check_path("/a/../b").is_err());
+        assert!(check_path("/a/").is_err());
+        assert!(check_path("/a//b").is_err());
+    }
+
+    #[test]
+    fn mount_points_from_mountinfo() {
+        let mi = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                  40 22 7:0 / /zstack\\040ps rw - ext4 /dev/loop0 rw\n";
+        assert!(is_mount_point(mi, "/"));
+        assert!(is_mount_point(mi, "/zstack ps"));
+        assert!(!is_mount_point(mi, "/zstack"));
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_a_mount_point() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("ps");
+        std::fs::create_dir(&sub).unwrap();
+        let e = check_shared_mount_point(&CheckStorage {
+            url: sub.display().to_string(),
+            uuid: "x".into(),
+            write_id: true,
+        })
+        .unwrap_err();
+        assert!(e.contains("not a mount point"), "{e}");
+        let e = check_shared_mount_point(&CheckStorage {
+            url: sub.join("missing").display().to_string(),
+            uuid: "x".into(),
+            write_id: true,
+        })
+        .unwrap_err();
+        assert!(e.contains("mount the shared storage"), "{e}");
+    }
+
+    #[test]
+    fn the_image_cache_is_never_deleted_as_a_volume() {
+        let e = delete_volume_file(Path::new("/ps/imagecache/template/i/i.qcow2")).unwrap_err();
+        assert!(e.contains("image cache"));
+        let d = tempfile::tempdir().unwrap();
+        let vol = d.path().join("vol-1/1.qcow2");
+        std::fs::create_dir_all(vol.parent().unwrap()).unwrap();
+        std::fs::write(&vol, b"x").unwrap();
+        delete_volume_file(&vol).unwrap();
+        assert!(!vol.parent().unwrap().exists());
+    }
+}

@@ -1,0 +1,474 @@
+//! End to end with real VMs: the stack installed all-in-one on this host, this host added as a KVM
+//! host, shared mount point storage on a filesystem the test loop-mounts, the guest image built
+//! from Debian packages, VMs run by libvirt + qemu (TCG here). Installs on this host and removes
+//! it afterwards; destroys every VM and bridge it made.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use zstack_tests::cli::*;
+use zstack_tests::kvm::*;
+use zstack_tests::*;
+
+/// The physical interface of the test's L2 network: it does not exist, so the agent makes only
+/// the bridge br_zstest0 (removed by the test), and no address of the host is touched.
+const IFACE: &str = "zstest0";
+
+struct KvmCloud {
+    zone: String,
+    cluster: String,
+    host: String,
+    image: String,
+    offering: String,
+    l3: String,
+}
+
+/// Zone, KVM cluster with this host, an SMP storage at `ps` attached, the guest image, an
+/// offering, an L2/L3 with a range.
+fn kvm_cloud(cli: &Cli, ps: &Path, bs: &Path) -> KvmCloud {
+    let zone = cli.uuid(&["CreateZone", "name=z"]);
+    let cluster = cli.uuid(&[
+        "CreateCluster",
+        "name=kvm",
+        &format!("zoneUuid={zone}"),
+        "hypervisorType=KVM",
+    ]);
+    let host = cli.inv(&[
+        "AddKVMHost",
+        "name=this",
+        "managementIp=127.0.0.1",
+        &format!("clusterUuid={cluster}"),
+    ]);
+    assert_eq!(host["status"], "Connected", "{host}");
+    assert_eq!(
+        host["virtualization"], "qemu",
+        "no usable /dev/kvm here: TCG"
+    );
+    assert!(
+        host["libvirtVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{host}"
+    );
+    assert!(
+        host["qemuVersion"].as_str().is_some_and(|v| !v.is_empty()),
+        "{host}"
+    );
+    let ps_uuid = cli.uuid(&[
+        "AddSharedMountPointPrimaryStorage",
+        "name=smp",
+        &format!("url={}", ps.display()),
+        &format!("zoneUuid={zone}"),
+    ]);
+    let attached = cli.inv(&[
+        "AttachPrimaryStorageToCluster",
+        &format!("primaryStorageUuid={ps_uuid}"),
+        &format!("clusterUuid={cluster}"),
+    ]);
+    assert!(
+        attached["totalCapacity"].as_i64().unwrap() > 100 << 20,
+        "{attached}"
+    );
+    let bs_uuid = cli.uuid(&[
+        "AddLocalBackupStorage",
+        "name=bs",
+        &format!("url={}", bs.display()),
+    ]);
+    cli.ok(&[
+        "AttachBackupStorageToZone",
+        &format!("backupStorageUuid={bs_uuid}"),
+        &format!("zoneUuid={zone}"),
+    ]);
+    let image = cli.uuid(&[
+        "AddImage",
+        "name=guest",
+        &format!("url={}", guest_image().display()),
+        &format!("backupStorageUuids={bs_uuid}"),
+    ]);
+    let offering = cli.uuid(&[
+        "CreateInstanceOffering",
+        "name=tiny",
+        "cpuNum=1",
+        "memorySize=256M",
+    ]);
+    let l2 = cli.uuid(&[
+        "CreateL2NoVlanNetwork",
+        "name=l2",
+        &format!("zoneUuid={zone}"),
+        &format!("physicalInterface={IFACE}"),
+    ]);
+    cli.ok(&[
+        "AttachL2NetworkToCluster",
+        &format!("l2NetworkUuid={l2}"),
+        &format!("clusterUuid={cluster}"),
+    ]);
+    let l3 = cli.uuid(&["CreateL3Network", "name=l3", &format!("l2NetworkUuid={l2}")]);
+    cli.ok(&[
+        "AddIpRange",
+        &format!("l3NetworkUuid={l3}"),
+        "name=r",
+        "startIp=10.99.0.10",
+        "endIp=10.99.0.100",
+        "netmask=255.255.255.0",
+        "gateway=10.99.0.1",
+    ]);
+    KvmCloud {
+        zone,
+        cluster,
+        host: host["uuid"].as_str().unwrap().to_string(),
+        image,
+        offering,
+        l3,
+    }
+}
+
+fn create_vm(cli: &Cli, c: &KvmCloud, name: &str) -> Value {
+    cli.inv(&[
+        "CreateVmInstance",
+        &format!("name={name}"),
+        &format!("instanceOfferingUuid={}", c.offering),
+        &format!("imageUuid={}", c.image),
+        &format!("l3NetworkUuids={}", c.l3),
+    ])
+}
+
+fn wait_console(vm: &str, marker: &str) {
+    wait_until(
+        &format!("VM {vm} to print {marker:?} on its console"),
+        Duration::from_secs(120),
+        || console(vm).contains(marker),
+    );
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+struct Setup {
+    stack: Stack,
+    _domains: DomainsGuard,
+    _links: LinksGuard,
+    ps: LoopFs,
+    _dirs: tempfile::TempDir,
+    cloud: KvmCloud,
+}
+
+fn setup() -> Setup {
+    ensure_libvirtd();
+    let stack = install();
+    let domains = DomainsGuard;
+    let links = LinksGuard(vec![format!("br_{IFACE}")]);
+    let dirs = tempfile::tempdir().unwrap();
+    let ps = LoopFs::new(&dirs.path().join("ps"), 2048);
+    let cloud = kvm_cloud(&stack.cli, &ps.at, &dirs.path().join("bs"));
+    Setup {
+        stack,
+        _domains: domains,
+        _links: links,
+        ps,
+        _dirs: dirs,
+        cloud,
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirt, qemu and build/*.bin: run by make test; installs on this host and removes it"]
+fn a_vm_boots_and_each_cache_mode_reaches_qemu() {
+    let s = setup();
+    let cli = &s.stack.cli;
+    let c = &s.cloud;
+
+    // The first VM boots from its overlay on the cached image; its console shows it.
+    let vm = create_vm(cli, c, "first");
+    assert_eq!(vm["state"], "Running", "{vm}");
+    let uuid = vm["uuid"].as_str().unwrap().to_string();
+    wait_console(&uuid, "ZSTACK-GUEST: booted");
+    let root = vm["allVolumes"][0]["installPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(root.contains("/rootVolumes/acct-"), "{root}");
+    let cache =
+        s.ps.at
+            .join(format!("imagecache/template/{0}/{0}.qcow2", c.image));
+    assert!(
+        cache.is_file(),
+        "the image is cached once on the primary storage"
+    );
+    let info = ok(Command::new("qemu-img").args(["info", "-U", &root]));
+    assert!(
+        info.contains(&cache.display().to_string()),
+        "the root volume is an overlay on the cache: {info}"
+    );
+    // The platform tells cloud-init it runs on ZStack.
+    let xml = virsh(&["dumpxml", &uuid]);
+    assert!(xml.contains("www.zstack.io"), "{xml}");
+    // The agent's unit waits for the storage's filesystem at boot.
+    let dropin = std::fs::read_to_string(
+        "/etc/systemd/system/zstack-kvmagent.service.d/zstack-storage.conf",
+    )
+    .unwrap();
+    assert!(
+        dropin.contains(&format!("RequiresMountsFor={}", s.ps.at.display())),
+        "{dropin}"
+    );
+    cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+    assert!(
+        !Path::new(&root).exists(),
+        "the root volume is deleted with its VM"
+    );
+    assert!(cache.is_file(), "the image cache is kept");
+
+    // Each cache mode: in the domain XML, in qemu's command line, and in QueryVolume.
+    for (mode, direct, write_cache) in [
+        ("none", "\"direct\":true", "\"write-cache\":\"on\""),
+        ("writeback", "\"direct\":false", "\"write-cache\":\"on\""),
+        (
+            "writethrough",
+            "\"direct\":false",
+            "\"write-cache\":\"off\"",
+        ),
+    ] {
+        cli.ok(&[
+            "UpdateGlobalConfig",
+            "category=kvm",
+            "name=vm.cacheMode",
+            &format!("value={mode}"),
+        ]);
+        let vm = create_vm(cli, c, &format!("cache-{mode}"));
+        let uuid = vm["uuid"].as_str().unwrap().to_string();
+        assert_eq!(vm["allVolumes"][0]["cacheMode"], mode, "{vm}");
+        let xml = virsh(&["dumpxml", &uuid]);
+        assert!(xml.contains(&format!("cache='{mode}'")), "{mode}: {xml}");
+        let line = cmdline(qemu_pid(&uuid).unwrap());
+        assert!(
+            line.contains(direct) && line.contains(write_cache),
+            "{mode}: {line}"
+        );
+        cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+    }
+
+    // A live attach takes the cache mode of that moment.
+    cli.ok(&[
+        "UpdateGlobalConfig",
+        "category=kvm",
+        "name=vm.cacheMode",
+        "value=writeback",
+    ]);
+    let vm = create_vm(cli, c, "with-data");
+    let uuid = vm["uuid"].as_str().unwrap().to_string();
+    cli.ok(&[
+        "UpdateGlobalConfig",
+        "category=kvm",
+        "name=vm.cacheMode",
+        "value=writethrough",
+    ]);
+    let vol = cli.uuid(&["CreateDataVolume", "name=data", "diskSize=64M"]);
+    let attached = cli.inv(&[
+        "AttachDataVolumeToVm",
+        &format!("volumeUuid={vol}"),
+        &format!("vmInstanceUuid={uuid}"),
+    ]);
+    assert_eq!(attached["cacheMode"], "writethrough");
+    let xml = virsh(&["dumpxml", &uuid]);
+    assert!(xml.contains("<target dev='vdb' bus='virtio'/>"), "{xml}");
+    assert!(
+        xml.contains("cache='writeback'") && xml.contains("cache='writethrough'"),
+        "{xml}"
+    );
+    cli.ok(&["DetachDataVolumeFromVm", &format!("uuid={vol}")]);
+    assert!(!virsh(&["dumpxml", &uuid]).contains("vdb"));
+    cli.ok(&["DeleteDataVolume", &format!("uuid={vol}")]);
+    cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+    let _ = (&c.zone, &c.cluster, &c.host);
+}
+
+#[test]
+#[ignore = "needs root, libvirt, qemu and build/*.bin: run by make test; installs on this host and removes it"]
+fn the_vm_lifecycle_and_an_agent_restart_that_keeps_the_vm() {
+    let s = setup();
+    let cli = &s.stack.cli;
+    let c = &s.cloud;
+    cli.ok(&[
+        "UpdateGlobalConfig",
+        "category=kvm",
+        "name=vm.gracefulStopTimeout",
+        "value=5",
+    ]);
+    let vm = create_vm(cli, c, "life");
+    let uuid = vm["uuid"].as_str().unwrap().to_string();
+    wait_console(&uuid, "ZSTACK-GUEST: booted");
+
+    // The agent restarts; the VM does not.
+    let pid = qemu_pid(&uuid).unwrap();
+    ok(Command::new("zstack-ctl").args(["restart", "--service", "zstack-kvmagent"]));
+    assert_eq!(
+        qemu_pid(&uuid),
+        Some(pid),
+        "the agent's restart stopped the VM"
+    );
+    assert_eq!(
+        cli.inv(&["ReconnectHost", &format!("uuid={}", c.host)])["status"],
+        "Connected"
+    );
+    assert_eq!(
+        cli.list(&["QueryVmInstance", &format!("uuid={uuid}")])[0]["state"],
+        "Running"
+    );
+
+    // Stop (graceful, forced after the timeout), start, reboot.
+    let stopped = cli.inv(&["StopVmInstance", &format!("uuid={uuid}")]);
+    assert_eq!(stopped["state"], "Stopped");
+    assert!(qemu_pid(&uuid).is_none() || !Path::new(&format!("/proc/{}", pid)).exists());
+    assert!(!virsh(&["list", "--name"]).contains(&uuid));
+    let started = cli.inv(&["StartVmInstance", &format!("uuid={uuid}")]);
+    assert_eq!(started["state"], "Running");
+    assert!(virsh(&["list", "--name"]).contains(&uuid));
+    assert_eq!(
+        cli.inv(&["RebootVmInstance", &format!("uuid={uuid}")])["state"],
+        "Running"
+    );
+    let cold = cli.inv(&["StopVmInstance", &format!("uuid={uuid}"), "type=cold"]);
+    assert_eq!(cold["state"], "Stopped");
+
+    // The DB follows the host: a VM killed behind the management node's back is Stopped after a
+    // reconnect, one the host runs is Running.
+    cli.inv(&["StartVmInstance", &format!("uuid={uuid}")]);
+    virsh(&["destroy", &uuid]);
+    cli.inv(&["ReconnectHost", &format!("uuid={}", c.host)]);
+    assert_eq!(
+        cli.list(&["QueryVmInstance", &format!("uuid={uuid}")])[0]["state"],
+        "Stopped"
+    );
+
+    cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+    assert!(cli
+        .list(&["QueryVmInstance", &format!("uuid={uuid}")])
+        .is_empty());
+    assert!(!virsh(&["list", "--all", "--name"]).contains(&uuid));
+    let _ = json!({});
+}
+
+#[test]
+#[ignore = "needs root, libvirt, qemu and build/*.bin: run by make test; installs on this host and removes it"]
+fn shared_mount_point_refusals() {
+    let mut s = setup();
+    let cli = &s.stack.cli;
+    let c = &s.cloud;
+    let smp = |name: &str, url: &str| -> String {
+        cli.uuid(&[
+            "AddSharedMountPointPrimaryStorage",
+            &format!("name={name}"),
+            &format!("url={url}"),
+            &format!("zoneUuid={}", c.zone),
+        ])
+    };
+    let attach_err = |ps: &str| -> Value {
+        cli.err(&[
+            "AttachPrimaryStorageToCluster",
+            &format!("primaryStorageUuid={ps}"),
+            &format!("clusterUuid={}", c.cluster),
+        ])
+    };
+
+    // A relative or unnormalised URL is refused by the management node.
+    for bad in ["zstack_ps", "/a/../b", "/etc"] {
+        let e = cli.err(&[
+            "AddSharedMountPointPrimaryStorage",
+            "name=x",
+            &format!("url={bad}"),
+            &format!("zoneUuid={}", c.zone),
+        ]);
+        assert_eq!(e["field"], "url", "{bad}: {e}");
+    }
+    // A directory that is not a mount point.
+    let dirs = tempfile::tempdir().unwrap();
+    let plain = dirs.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let e = attach_err(&smp("plain", &plain.display().to_string()));
+    assert!(
+        e["message"].as_str().unwrap().contains("not a mount point"),
+        "{e}"
+    );
+    // A read-only filesystem.
+    let mut ro = LoopFs::new(&dirs.path().join("ro"), 64);
+    ro.umount();
+    ro.mount(&["ro"]);
+    let e = attach_err(&smp("ro", &ro.at.display().to_string()));
+    assert!(
+        e["message"].as_str().unwrap().contains("cannot write"),
+        "{e}"
+    );
+    // Storage without O_DIRECT (tmpfs) and cache mode none: the VM is refused with the reason.
+    let tmpfs = TmpfsMount::new("size=512m");
+    let t_ps = smp("tmpfs", &tmpfs.path().display().to_string());
+    cli.inv(&[
+        "AttachPrimaryStorageToCluster",
+        &format!("primaryStorageUuid={t_ps}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    let main_ps = cli.list(&["QueryPrimaryStorage", &format!("url={}", s.ps.at.display())])[0]
+        ["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cli.ok(&[
+        "DetachPrimaryStorageFromCluster",
+        &format!("primaryStorageUuid={main_ps}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    cli.ok(&[
+        "UpdateGlobalConfig",
+        "category=kvm",
+        "name=vm.cacheMode",
+        "value=none",
+    ]);
+    let e = cli.err(&[
+        "CreateVmInstance",
+        "name=odirect",
+        &format!("instanceOfferingUuid={}", c.offering),
+        &format!("imageUuid={}", c.image),
+        &format!("l3NetworkUuids={}", c.l3),
+    ]);
+    assert!(e["message"].as_str().unwrap().contains("O_DIRECT"), "{e}");
+    assert!(
+        cli.list(&["QueryVmInstance", "name=odirect"]).is_empty(),
+        "a refused VM is not left behind"
+    );
+    cli.ok(&[
+        "DetachPrimaryStorageFromCluster",
+        &format!("primaryStorageUuid={t_ps}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    cli.ok(&[
+        "AttachPrimaryStorageToCluster",
+        &format!("primaryStorageUuid={main_ps}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+
+    // Another filesystem at the same path: the host refuses it and is Disconnected with the reason.
+    let other = LoopFs::new(&dirs.path().join("other"), 64);
+    let other_image = other.image.clone();
+    drop(other);
+    s.ps.umount();
+    ok(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&s.ps.image));
+    s.ps.mount(&[]);
+    let e = cli.err(&["ReconnectHost", &format!("uuid={}", c.host)]);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(".zstack-primary-storage-id"),
+        "{e}"
+    );
+    let h = &cli.list(&["QueryHost", &format!("uuid={}", c.host)])[0];
+    assert_eq!(h["status"], "Disconnected", "{h}");
+    let _ = other_image;
+}
