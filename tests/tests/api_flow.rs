@@ -867,6 +867,7 @@ fn a_restart_keeps_the_state_and_fails_the_jobs_in_flight() {
 #[test]
 #[ignore = "needs root and build/*.bin: run by make test; installs on this host and removes it"]
 fn a_kvm_host_is_tracked_through_its_agent() {
+    zstack_tests::kvm::ensure_libvirtd();
     let stack = install();
     let cli = &stack.cli;
     let zone = cli.uuid(&["CreateZone", "name=z"]);
@@ -933,7 +934,7 @@ fn a_kvm_host_is_tracked_through_its_agent() {
             .contains("mount the shared storage"),
         "{e}"
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TmpfsMount::new("size=64m");
     let ps2 = cli.uuid(&[
         "AddSharedMountPointPrimaryStorage",
         "name=smp2",

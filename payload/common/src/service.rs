@@ -13,6 +13,9 @@ pub mod keys {
     pub const LEGACY_API_PORT: &str = "api.port";
     pub const AGENT_PORT: &str = "kvmagent.port";
     pub const AGENT_SECRET: &str = "kvmagent.secret";
+    /// How the agent runs VMs: `auto` (kvm where /dev/kvm opens), `kvm`, or `qemu` (TCG, for
+    /// hosts where /dev/kvm exists but cannot run guests, e.g. nested without hardware support).
+    pub const AGENT_VIRTUALIZATION: &str = "kvmagent.virtualization";
     pub const ADMIN_PASSWORD: &str = "admin.password";
 }
 

@@ -34,6 +34,12 @@ fn secret(v: &str) -> Result<(), String> {
         Err("at least 16 printable characters without spaces".to_string())
     }
 }
+fn virtualization(v: &str) -> Result<(), String> {
+    match v {
+        "auto" | "kvm" | "qemu" => Ok(()),
+        _ => Err("auto, kvm or qemu".to_string()),
+    }
+}
 fn password(v: &str) -> Result<(), String> {
     if v.len() >= 8 && !v.contains(char::is_whitespace) {
         Ok(())
@@ -66,6 +72,12 @@ pub const KEYS: &[Key] = &[
         what: "secret the management node presents to agents",
         secret: true,
         check: secret,
+    },
+    Key {
+        name: keys::AGENT_VIRTUALIZATION,
+        what: "how the agent runs VMs: auto (kvm where /dev/kvm opens), kvm, or qemu (software)",
+        secret: false,
+        check: virtualization,
     },
     Key {
         name: keys::ADMIN_PASSWORD,

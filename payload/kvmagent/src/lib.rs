@@ -41,6 +41,7 @@ struct AgentState {
     layout: Layout,
     templates: Templates,
     log: LogFile,
+    domain_type: &'static str,
 }
 
 impl AgentState {
@@ -51,6 +52,7 @@ impl AgentState {
             run_dir: self.layout.host(self.layout.run_dir().join("kvmagent")),
             console_dir: self.layout.host(self.layout.log_dir().join("vms")),
             secret: &self.secret,
+            domain_type: self.domain_type,
         }
     }
 }
@@ -86,6 +88,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         layout: layout.clone(),
         templates,
         log: log.clone(),
+        domain_type: vm::domain_type(props.get(keys::AGENT_VIRTUALIZATION).unwrap_or("auto")),
     });
 
     let authenticated = Router::new()
@@ -169,7 +172,7 @@ async fn connect(State(state): State<Arc<AgentState>>) -> Response {
         .versions()?;
         facts.libvirt_version = libvirt;
         facts.qemu_version = qemu;
-        facts.hypervisor = Some(vm::domain_type().to_string());
+        facts.hypervisor = Some(st.domain_type.to_string());
         facts.vms = Some(st.vm_host().report()?);
         Ok(serde_json::to_value(facts).unwrap_or_default())
     })

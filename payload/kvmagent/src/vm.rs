@@ -15,6 +15,9 @@ use zstack_common::templates::Templates;
 use crate::host::{HostTools, Virsh};
 use crate::storage;
 
+/// How long a live detach waits for the guest to release the disk.
+const DETACH_WAIT: Duration = Duration::from_secs(30);
+
 /// What a refused call answers: a stable code and the reason.
 #[derive(Debug)]
 pub struct Refusal {
@@ -46,10 +49,18 @@ pub struct VmHost<'a> {
     pub console_dir: PathBuf,
     /// The secret for image downloads from the management node.
     pub secret: &'a str,
+    /// `kvm` or `qemu`.
+    pub domain_type: &'static str,
 }
 
-/// `kvm` where /dev/kvm can be opened, else `qemu` (TCG).
-pub fn domain_type() -> &'static str {
+/// The domain type for the `kvmagent.virtualization` setting: `kvm` or `qemu` as set; for
+/// `auto`, `kvm` where /dev/kvm can be opened, else `qemu` (TCG).
+pub fn domain_type(setting: &str) -> &'static str {
+    match setting {
+        "kvm" => return "kvm",
+        "qemu" => return "qemu",
+        _ => {}
+    }
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -284,7 +295,7 @@ impl VmHost<'_> {
             .render(
                 "libvirt/domain.xml.tera",
                 &serde_json::json!({
-                    "domain_type": domain_type(),
+                    "domain_type": self.domain_type,
                     "uuid": dashed(&spec.uuid),
                     "vm": spec,
                     "disks": disks,
@@ -411,8 +422,30 @@ impl VmHost<'_> {
             &xml,
         )?;
         self.virsh()
-            .detach_device(&req.vm_uuid, &file.display().to_string())
-            .map_err(Refusal::from)
+            .detach_device(&req.vm_uuid, &file.display().to_string())?;
+        // A live detach is a request to the guest (PCI hot-unplug); the disk is gone only when
+        // the guest lets go of it. Until then the volume is still in use.
+        let deadline = Instant::now() + DETACH_WAIT;
+        while Instant::now() < deadline {
+            if !self
+                .virsh()
+                .dumpxml(&req.vm_uuid)?
+                .contains(&req.disk.install_path)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Err(Refusal::new(
+            "DETACH_NOT_DONE",
+            format!(
+                "the guest of VM {} did not release volume {} within {} s (no PCI hot-unplug \
+                 support in the guest?); stop the VM and detach it then",
+                req.vm_uuid,
+                req.disk.volume_uuid,
+                DETACH_WAIT.as_secs()
+            ),
+        ))
     }
 }
 
@@ -454,6 +487,7 @@ mod tests {
             run_dir: PathBuf::from("/tmp"),
             console_dir: PathBuf::from("/var/log/zstack/vms"),
             secret: "s",
+            domain_type: "qemu",
         };
         let disk = DiskSpec {
             volume_uuid: "v".repeat(32),
@@ -499,5 +533,6 @@ mod tests {
         assert!(xml.contains("<source bridge='br_eth0'/>"));
         assert!(xml.contains("<memory unit='b'>536870912</memory>"));
         assert!(xml.contains("<target dev='vda' bus='virtio'/>"));
+        assert!(xml.contains("<domain type='qemu'>"));
     }
 }
