@@ -34,6 +34,8 @@ test-integration:
 	$(MAKE) bin VERSION=1.0.0
 	$(MAKE) bin VERSION=1.1.0
 	$(MAKE) bin VERSION=1.2.0
+	# a next patch release, to upgrade to with VMs running
+	$(MAKE) bin VERSION=1.2.1
 	$(CARGO) test --locked -p zstack-tests -- --include-ignored --test-threads=1
 
 ## make bench: speed and size figures (printed)

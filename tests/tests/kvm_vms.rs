@@ -505,3 +505,29 @@ fn shared_mount_point_refusals() {
     assert_eq!(h["status"], "Disconnected", "{h}");
     let _ = other_image;
 }
+
+#[test]
+#[ignore = "needs root, libvirt, qemu and build/*.bin: run by make test; installs on this host and removes it"]
+fn an_upgrade_never_stops_a_running_vm() {
+    let s = setup();
+    let cli = &s.stack.cli;
+    let vm = create_vm(cli, &s.cloud, "through-the-upgrade");
+    let uuid = vm["uuid"].as_str().unwrap().to_string();
+    wait_console(&uuid, "ZSTACK-GUEST: booted");
+    let pid = qemu_pid(&uuid).unwrap();
+
+    // The next patch release: the agent and the server restart as 1.2.1; the VM goes on.
+    ok(bin_cmd(&bin_path("1.2.1"), &["-u", "-q"]));
+    assert_eq!(qemu_pid(&uuid), Some(pid), "the upgrade stopped the VM");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let host = cli.inv(&["ReconnectHost", &format!("uuid={}", s.cloud.host)]);
+    assert_eq!(host["status"], "Connected");
+    assert_eq!(
+        cli.list(&["QueryVmInstance", &format!("uuid={uuid}")])[0]["state"],
+        "Running"
+    );
+    let status: Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    assert_eq!(status["version"], "1.2.1", "{status}");
+    cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+}

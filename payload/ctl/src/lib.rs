@@ -95,6 +95,19 @@ enum Cmd {
         #[arg(long)]
         no_backup: bool,
     },
+    /// Print the /etc/fstab line for a shared mount point primary storage (nothing is changed).
+    #[command(name = "fstab_line")]
+    FstabLine {
+        /// The storage's mount point, as given to AddSharedMountPointPrimaryStorage.
+        #[arg(long)]
+        url: String,
+        /// What to mount there, e.g. nfs-server:/export/zstack or /dev/disk/by-uuid/...
+        #[arg(long)]
+        source: String,
+        /// The filesystem type, e.g. nfs, glusterfs, ocfs2, ext4.
+        #[arg(long, default_value = "nfs")]
+        fstype: String,
+    },
     /// Add the periodic dump_mysql line to root's crontab, unless one is there.
     #[command(name = "install_cron")]
     InstallCron,
@@ -208,6 +221,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .map(|r| r.version)
                         .unwrap_or_else(|| "none".into())
                 );
+            }
+        }
+        Cmd::FstabLine {
+            url,
+            source,
+            fstype,
+        } => {
+            let line = fstab_line(&layout, &url, &source, &fstype)?;
+            if json {
+                println!("{}", json!({"ok": true, "line": line}));
+            } else {
+                println!("{line}");
             }
         }
         Cmd::InstallCron => {
@@ -427,6 +452,42 @@ fn report_changes(
     }
 }
 
+/// The fstab line for a shared mount point: `_netdev` waits for the network, `nofail` lets the
+/// host boot without the storage (the agent then refuses it, and its unit waits for the mount).
+fn fstab_line(layout: &Layout, url: &str, source: &str, fstype: &str) -> anyhow::Result<String> {
+    render_fstab_line(&release_templates(layout)?, url, source, fstype)
+}
+
+fn render_fstab_line(
+    templates: &Templates,
+    url: &str,
+    source: &str,
+    fstype: &str,
+) -> anyhow::Result<String> {
+    let ok_path = url.starts_with('/')
+        && (url == "/" || !url.ends_with('/'))
+        && !url.split('/').any(|c| c == "." || c == "..")
+        && !url.contains(char::is_whitespace);
+    if !ok_path {
+        bail!("--url {url:?} must be an absolute, normalised path without spaces, e.g. /zstack_ps");
+    }
+    for (what, v) in [("--source", source), ("--fstype", fstype)] {
+        if v.is_empty() || v.contains(char::is_whitespace) || v.contains('#') {
+            bail!("{what} {v:?} must be non-empty, without spaces or #");
+        }
+    }
+    let options = if matches!(fstype, "ext4" | "xfs" | "btrfs") {
+        "defaults,nofail"
+    } else {
+        "defaults,_netdev,nofail"
+    };
+    let line = templates.render(
+        "fstab/smp.fstab.tera",
+        &json!({"source": source, "url": url, "fstype": fstype, "options": options}),
+    )?;
+    Ok(line.trim().to_string())
+}
+
 fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
     let services = lifecycle::installed_services(layout);
     if services.is_empty() {
@@ -513,4 +574,20 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fstab_line_of_a_shared_mount_point() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates");
+        let t = zstack_common::templates::Templates::load(&dir).unwrap();
+        assert_eq!(
+            super::render_fstab_line(&t, "/zstack_ps", "nfs1:/export/zs", "nfs").unwrap(),
+            "nfs1:/export/zs /zstack_ps nfs defaults,_netdev,nofail 0 0"
+        );
+        assert!(super::render_fstab_line(&t, "zstack_ps", "x", "nfs").is_err());
+        assert!(super::render_fstab_line(&t, "/a/../b", "x", "nfs").is_err());
+        assert!(super::render_fstab_line(&t, "/ps", "two words", "nfs").is_err());
+    }
 }
