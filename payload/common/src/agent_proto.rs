@@ -118,6 +118,10 @@ pub struct NicSpec {
     /// The flat network services enabled on the NIC's L3: DHCP, Userdata, Eip.
     pub services: Vec<String>,
     pub dns_domain: Option<String>,
+    /// The address of the L3's DHCP server on this host's L3 namespace (taken from the L3's
+    /// ranges by the management node), when the L3 has DHCP or Userdata.
+    #[serde(default)]
+    pub dhcp_server_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,6 +137,25 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     /// cloud-init user data, served to the VM by the metadata server.
     pub user_data: Option<String>,
+    /// What the metadata server tells the VM about itself.
+    #[serde(default)]
+    pub metadata: VmMetadata,
+}
+
+/// What `http://169.254.169.254/latest/meta-data/` serves a VM (EC2's names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmMetadata {
+    /// `hostname`, `local-hostname`.
+    pub hostname: String,
+    /// `placement/availability-zone`.
+    pub availability_zone: String,
+    /// `public-keys/0/openssh-key`.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// IMDSv2: requests need a token from `PUT /latest/api/token`.
+    #[serde(default)]
+    pub token_required: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

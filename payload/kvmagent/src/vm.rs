@@ -466,6 +466,7 @@ mod tests {
             physical_interface: "eth0".into(),
             services: vec![],
             dns_domain: None,
+            dhcp_server_ip: None,
         };
         assert_eq!(tap_name(&nic), "vnic01234567.3");
         assert!(tap_name(&nic).len() <= 15);
@@ -512,6 +513,7 @@ mod tests {
             data_volumes: vec![],
             nics: vec![],
             user_data: None,
+            metadata: Default::default(),
         };
         let xml = host
             .render_domain(

@@ -486,6 +486,7 @@ pub fn nic_specs(conn: &Connection, vm: &str) -> Result<Vec<NicSpec>, ApiError> 
                 physical_interface: r.get(7)?,
                 dns_domain: r.get(8)?,
                 services: Vec::new(),
+                dhcp_server_ip: None,
             })
         })?;
         rows.collect::<Result<_, _>>()?
@@ -592,6 +593,7 @@ pub fn vm_spec(conn: &Connection, node: &Node, vm: &str) -> Result<VmSpec, ApiEr
             .collect::<Result<_, _>>()?,
         nics: nic_specs(conn, vm)?,
         user_data,
+        metadata: Default::default(),
     })
 }
 
