@@ -99,7 +99,7 @@ CREATE TABLE used_ip (
     ip_range_uuid  TEXT NOT NULL REFERENCES ip_range (uuid),
     ip             TEXT NOT NULL,
     ip_int         INTEGER NOT NULL,
-    owner_type     TEXT NOT NULL,             -- VmNic | Vip
+    owner_type     TEXT NOT NULL,             -- VmNic | Vip | DhcpServer (owner: the L3)
     owner_uuid     TEXT NOT NULL,
     create_date    TEXT NOT NULL,
     UNIQUE (l3_uuid, ip_int)
@@ -153,6 +153,7 @@ ALTER TABLE vm_instance ADD COLUMN description TEXT;
 ALTER TABLE vm_instance ADD COLUMN last_host_uuid TEXT;
 ALTER TABLE vm_instance ADD COLUMN root_volume_uuid TEXT;
 ALTER TABLE vm_instance ADD COLUMN hypervisor_type TEXT;
+ALTER TABLE vm_instance ADD COLUMN ssh_key TEXT;
 CREATE INDEX vm_instance_name ON vm_instance (name);
 
 ALTER TABLE volume ADD COLUMN description TEXT;

@@ -646,8 +646,8 @@ fn the_whole_api_flow_through_zstack_cli() {
 fn no_ip_is_handed_out_twice_under_100_concurrent_creations() {
     let stack = install();
     let cli = &stack.cli;
-    // Exactly 100 addresses for 100 VMs.
-    let c = build_cloud(cli, 8, ("10.10.0.10", "10.10.0.109"));
+    // Exactly 101 addresses: 100 VMs and the L3's DHCP server.
+    let c = build_cloud(cli, 8, ("10.10.0.10", "10.10.0.110"));
     let session = cli.session().trim().to_string();
     let submit = |name: String| -> Result<String, Value> {
         let r = ureq::post("http://127.0.0.1:8080/v1/api/CreateVmInstance")

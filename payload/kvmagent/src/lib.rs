@@ -9,6 +9,7 @@
 //! The agent keeps no state of its own: the management node's database is the record, and a
 //! restart of the agent leaves every VM running (they are libvirt's processes).
 
+pub mod flat;
 pub mod host;
 pub mod storage;
 pub mod vm;
@@ -53,6 +54,7 @@ impl AgentState {
             console_dir: self.layout.host(self.layout.log_dir().join("vms")),
             secret: &self.secret,
             domain_type: self.domain_type,
+            state_dir: self.layout.host(self.layout.data_dir().join("kvmagent")),
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct VmHost<'a> {
     pub secret: &'a str,
     /// `kvm` or `qemu`.
     pub domain_type: &'static str,
+    /// `/var/lib/zstack/kvmagent`: the specs of the VMs started here (for their NICs at stop),
+    /// and the flat network's state.
+    pub state_dir: PathBuf,
 }
 
 /// The domain type for the `kvmagent.virtualization` setting: `kvm` or `qemu` as set; for
@@ -320,6 +323,16 @@ impl VmHost<'_> {
             let br = self.ensure_bridge(&n.physical_interface)?;
             nics.push((n.mac.clone(), br, tap_name(n)));
         }
+        // The NICs' DHCP, metadata and anti-spoofing entries go in before the VM runs, so its
+        // first DHCP request is answered; the spec is kept for the stop.
+        self.save_spec(spec)?;
+        let hostname = crate::flat::dhcp_hostname(&spec.metadata.hostname, &spec.uuid);
+        for n in &spec.nics {
+            if let Err(e) = self.flat().add_nic(n, &hostname) {
+                self.remove_nics(&spec.uuid);
+                return Err(Refusal::new("NETWORK_SETUP_FAILED", e));
+            }
+        }
         std::fs::create_dir_all(&self.console_dir).map_err(|e| {
             Refusal::new(
                 "INTERNAL_ERROR",
@@ -330,12 +343,65 @@ impl VmHost<'_> {
         let file = self.write_xml(&format!("{}.xml", spec.uuid), &xml)?;
         self.virsh()
             .create(&file.display().to_string())
-            .map_err(|e| Refusal::new("VM_START_FAILED", e.to_string()))
+            .map_err(|e| {
+                self.remove_nics(&spec.uuid);
+                Refusal::new("VM_START_FAILED", e.to_string())
+            })
+    }
+
+    pub fn flat(&self) -> crate::flat::FlatNetwork<'_> {
+        crate::flat::FlatNetwork {
+            tools: self.tools,
+            templates: self.templates,
+            state_dir: self.state_dir.join("flat"),
+        }
+    }
+
+    fn spec_file(&self, vm: &str) -> PathBuf {
+        self.state_dir.join("vms").join(format!("{vm}.json"))
+    }
+
+    fn save_spec(&self, spec: &VmSpec) -> Result<(), Refusal> {
+        let f = self.spec_file(&spec.uuid);
+        let body = serde_json::to_vec_pretty(spec)
+            .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Refusal::new("INTERNAL_ERROR", format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        zstack_common::fsutil::atomic_write(&f, &body, 0o600).map_err(|e| {
+            Refusal::new("INTERNAL_ERROR", format!("cannot write {}: {e}", f.display()))
+        })
+    }
+
+    /// The spec this host last started `vm` with.
+    pub fn saved_spec(&self, vm: &str) -> Option<VmSpec> {
+        std::fs::read(self.spec_file(vm))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Takes the VM's NICs out of the flat network (best effort: a stopped VM must not keep a
+    /// failed cleanup from stopping) and forgets its spec.
+    fn remove_nics(&self, vm: &str) {
+        if let Some(spec) = self.saved_spec(vm) {
+            for n in &spec.nics {
+                let _ = self.flat().remove_nic(n);
+            }
+        }
+        let _ = std::fs::remove_file(self.spec_file(vm));
     }
 
     /// Stops a VM: ACPI shutdown, then by force after the timeout (at once with `force`).
     /// Stopping one that does not run changes nothing.
     pub fn stop(&self, req: &StopVm) -> Result<(), Refusal> {
+        self.stop_domain(req)?;
+        self.remove_nics(&req.uuid);
+        Ok(())
+    }
+
+    fn stop_domain(&self, req: &StopVm) -> Result<(), Refusal> {
         if !self.running(&req.uuid)? {
             return Ok(());
         }
@@ -489,6 +555,7 @@ mod tests {
             console_dir: PathBuf::from("/var/log/zstack/vms"),
             secret: "s",
             domain_type: "qemu",
+            state_dir: PathBuf::from("/tmp"),
         };
         let disk = DiskSpec {
             volume_uuid: "v".repeat(32),

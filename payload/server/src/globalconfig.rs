@@ -70,6 +70,17 @@ pub const DEFS: &[GlobalConfigDef] = &[
     GlobalConfigDef {
         since: (1, 2, 0),
         until: None,
+        category: "vm",
+        name: "metadata.tokenRequired",
+        kind: "enum",
+        default: "false",
+        description: "true: VMs must get a token (IMDSv2, PUT /latest/api/token) before reading their metadata and user data; used by VMs started after a change",
+        allowed: &["true", "false"],
+        range: None,
+    },
+    GlobalConfigDef {
+        since: (1, 2, 0),
+        until: None,
         category: "host",
         name: "ping.interval",
         kind: "integer",

@@ -524,7 +524,7 @@ fn delete_l3(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "l3_network", "L3Network", uuid, "uuid")?;
     let used: i64 = c.conn.query_row(
-        "SELECT count(*) FROM used_ip WHERE l3_uuid = ?1",
+        "SELECT count(*) FROM used_ip WHERE l3_uuid = ?1 AND owner_type <> 'DhcpServer'",
         [uuid],
         |r| r.get(0),
     )?;
@@ -540,6 +540,10 @@ fn delete_l3(c: &Call) -> Result<Value, ApiError> {
         .field("uuid"));
     }
     let tx = c.conn.unchecked_transaction()?;
+    tx.execute(
+        "DELETE FROM used_ip WHERE l3_uuid = ?1 AND owner_type = 'DhcpServer'",
+        [uuid],
+    )?;
     tx.execute("DELETE FROM l3_network_service WHERE l3_uuid = ?1", [uuid])?;
     tx.execute("DELETE FROM ip_range WHERE l3_uuid = ?1", [uuid])?;
     tx.execute("DELETE FROM l3_network WHERE uuid = ?1", [uuid])?;
@@ -645,7 +649,7 @@ fn delete_ip_range(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "ip_range", "IpRange", uuid, "uuid")?;
     let used: i64 = c.conn.query_row(
-        "SELECT count(*) FROM used_ip WHERE ip_range_uuid = ?1",
+        "SELECT count(*) FROM used_ip WHERE ip_range_uuid = ?1 AND owner_type <> 'DhcpServer'",
         [uuid],
         |r| r.get(0),
     )?;
@@ -771,6 +775,28 @@ pub fn l3_services(conn: &Connection, l3: &str) -> Result<Vec<String>, ApiError>
         "SELECT service_type FROM l3_network_service WHERE l3_uuid = ?1 ORDER BY rowid",
         l3,
     )
+}
+
+/// The address of the L3's DHCP server (its namespace on each host), taken from its ranges the
+/// first time a VM needs it when the L3 has DHCP or Userdata. Inside the caller's transaction.
+pub fn ensure_dhcp_ip(conn: &Connection, l3: &str) -> Result<Option<String>, ApiError> {
+    let services = l3_services(conn, l3)?;
+    if !services.iter().any(|s| s == "DHCP" || s == "Userdata") {
+        return Ok(None);
+    }
+    if let Some(ip) = dhcp_ip(conn, l3)? {
+        return Ok(Some(ip));
+    }
+    Ok(Some(allocate_ip(conn, l3, "DhcpServer", l3, None)?.ip))
+}
+
+pub fn dhcp_ip(conn: &Connection, l3: &str) -> Result<Option<String>, ApiError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT ip FROM used_ip WHERE l3_uuid = ?1 AND owner_type = 'DhcpServer' AND owner_uuid = ?1",
+        )?
+        .query_row([l3], |r| r.get(0))
+        .optional()?)
 }
 
 /// An address handed out.

@@ -20,7 +20,7 @@ use crate::globalconfig;
 use crate::job::Job;
 use crate::query::{Query, Table};
 use crate::resources::host::{recompute_capacity, HostRow};
-use crate::resources::network::{allocate_ip, l3_services};
+use crate::resources::network::{allocate_ip, dhcp_ip, ensure_dhcp_ip, l3_services};
 use crate::Node;
 
 /// cloud-init user data is small; this bounds what a VM's metadata server serves.
@@ -67,6 +67,10 @@ pub const APIS: &[ApiSpec] = &[
             opt("clusterUuid", "only hosts of this cluster"),
             opt("hostUuid", "only this host"),
             opt("userData", "cloud-init user data served by the metadata server (at most 64 KiB)"),
+            opt(
+                "sshKey",
+                "an SSH public key: served as public-keys/0/openssh-key, and as a #cloud-config when there is no userData",
+            ),
             opt("description", "free text"),
         ],
         handler: Handler::Async(create_vm),
@@ -493,6 +497,7 @@ pub fn nic_specs(conn: &Connection, vm: &str) -> Result<Vec<NicSpec>, ApiError> 
     };
     for nic in &mut nics {
         nic.services = l3_services(conn, &nic.l3_network_uuid)?;
+        nic.dhcp_server_ip = dhcp_ip(conn, &nic.l3_network_uuid)?;
     }
     Ok(nics)
 }
@@ -565,6 +570,28 @@ fn disk_spec(
     })
 }
 
+/// What the metadata server tells the VM about itself.
+fn vm_metadata(
+    conn: &Connection,
+    node: &Node,
+    vm: &str,
+) -> Result<zstack_common::agent_proto::VmMetadata, ApiError> {
+    let (name, zone, ssh_key): (String, Option<String>, Option<String>) = conn.query_row(
+        "SELECT v.name, z.name, v.ssh_key FROM vm_instance v LEFT JOIN zone z ON z.uuid = v.zone_uuid
+          WHERE v.uuid = ?1",
+        [vm],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let token_required =
+        globalconfig::value(conn, &node.release, "vm", "metadata.tokenRequired")? == "true";
+    Ok(zstack_common::agent_proto::VmMetadata {
+        hostname: name,
+        availability_zone: zone.unwrap_or_default(),
+        ssh_key,
+        token_required,
+    })
+}
+
 pub fn vm_spec(conn: &Connection, node: &Node, vm: &str) -> Result<VmSpec, ApiError> {
     let (name, cpu, mem, root, user_data): (String, i64, i64, Option<String>, Option<String>) =
         conn.query_row(
@@ -593,7 +620,7 @@ pub fn vm_spec(conn: &Connection, node: &Node, vm: &str) -> Result<VmSpec, ApiEr
             .collect::<Result<_, _>>()?,
         nics: nic_specs(conn, vm)?,
         user_data,
-        metadata: Default::default(),
+        metadata: vm_metadata(conn, node, vm)?,
     })
 }
 
@@ -756,12 +783,13 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
     tx.prepare_cached(
         "INSERT INTO vm_instance (uuid, name, description, zone_uuid, cluster_uuid, host_uuid, last_host_uuid,
                                   image_uuid, instance_offering_uuid, root_volume_uuid, default_l3_uuid,
-                                  hypervisor_type, cpu_num, memory_size, state, user_data, create_date, last_op_date)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'Starting', ?14, ?15, ?15)",
+                                  hypervisor_type, cpu_num, memory_size, state, user_data, create_date, last_op_date,
+                                  ssh_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'Starting', ?14, ?15, ?15, ?16)",
     )?
     .execute(params![
         vm, name, c.str("description"), spot.zone, spot.cluster, spot.host, image, offering, root,
-        default_l3, spot.hypervisor, cpu, mem, user_data, ts
+        default_l3, spot.hypervisor, cpu, mem, user_data, ts, c.str("sshKey")
     ])?;
     // The root volume is a qcow2 overlay on the image cached on the primary storage, whatever the
     // image's own format; the layout is the original's.
@@ -783,6 +811,7 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
     ])?;
     for (i, l3) in l3s.iter().enumerate() {
         let nic = crate::new_uuid();
+        ensure_dhcp_ip(&tx, l3)?;
         let ip = allocate_ip(&tx, l3, "VmNic", &nic, None)?;
         tx.prepare_cached(
             "INSERT INTO vm_nic (uuid, vm_uuid, l3_uuid, used_ip_uuid, ip, mac, netmask, gateway, device_id, create_date, last_op_date)
@@ -978,6 +1007,9 @@ fn start_vm(c: &Call) -> Result<Job, ApiError> {
             prefer_host: row.last_host.as_deref(),
         },
     )?;
+    for l3 in &l3s {
+        ensure_dhcp_ip(&tx, l3)?;
+    }
     tx.execute(
         "UPDATE vm_instance SET state = 'Starting', host_uuid = ?2, last_host_uuid = ?2, cluster_uuid = ?3,
                 last_op_date = ?4 WHERE uuid = ?1",
