@@ -143,11 +143,19 @@ impl FlatNetwork<'_> {
         if !exists {
             self.tools.run("ip", &["netns", "add", &ns]).map_err(err)?;
         }
-        if self
+        // Both ends, or neither: a namespace deleted a moment ago takes its end with it
+        // asynchronously, and a half pair is made again.
+        let host_end = self
             .tools
             .run("ip", &["link", "show", "dev", &host_side])
-            .is_err()
-        {
+            .is_ok();
+        let ns_end = self
+            .ns_exec(&ns, "ip", &["link", "show", "dev", &ns_side])
+            .is_ok();
+        if host_end && !ns_end {
+            let _ = self.tools.run("ip", &["link", "del", "dev", &host_side]);
+        }
+        if !(host_end && ns_end) {
             self.tools
                 .run(
                     "ip",

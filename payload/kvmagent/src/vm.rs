@@ -367,11 +367,17 @@ impl VmHost<'_> {
             .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
         if let Some(dir) = f.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Refusal::new("INTERNAL_ERROR", format!("cannot create {}: {e}", dir.display()))
+                Refusal::new(
+                    "INTERNAL_ERROR",
+                    format!("cannot create {}: {e}", dir.display()),
+                )
             })?;
         }
         zstack_common::fsutil::atomic_write(&f, &body, 0o600).map_err(|e| {
-            Refusal::new("INTERNAL_ERROR", format!("cannot write {}: {e}", f.display()))
+            Refusal::new(
+                "INTERNAL_ERROR",
+                format!("cannot write {}: {e}", f.display()),
+            )
         })
     }
 
