@@ -215,6 +215,7 @@ impl FlatNetwork<'_> {
                     "network": network.to_string(),
                     "netmask": nic.netmask,
                     "gateway": nic.gateway,
+                    "dhcp_ip": nic.dhcp_server_ip,
                     "dns": nic.gateway,
                     "dns_domain": nic.dns_domain,
                     "hosts_file": hosts.display().to_string(),
