@@ -46,6 +46,7 @@ bench:
 	bash scripts/bench-backup.sh
 	bash scripts/bench-upgrade.sh
 	bash scripts/bench-scale.sh
+	bash scripts/bench-metadata.sh
 
 clean:
 	$(CARGO) clean

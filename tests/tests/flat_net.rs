@@ -111,6 +111,7 @@ fn dhcp_serves_exactly_the_allocated_pair_and_spoofed_frames_are_dropped() {
         tools: &SystemTools,
         templates: &templates,
         state_dir: state.path().to_path_buf(),
+        metadata: None,
     };
     flat.add_nic(&nic(), "web1").unwrap();
     // Twice changes nothing.

@@ -531,3 +531,154 @@ fn an_upgrade_never_stops_a_running_vm() {
     assert_eq!(status["version"], "1.2.1", "{status}");
     cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
 }
+
+/// A namespace on a test bridge through a veth (`port` on the bridge side), holding `addr`.
+fn attach_ns(name: &str, bridge: &str, port: &str, addr: &str) {
+    ok(Command::new("ip").args(["netns", "add", name]));
+    ok(Command::new("ip").args([
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name,
+    ]));
+    ok(Command::new("ip").args(["link", "set", port, "master", bridge, "up"]));
+    ok(Command::new("ip").args(["-n", name, "link", "set", "eth0", "up"]));
+    ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+    ok(Command::new("ip").args(["-n", name, "addr", "add", addr, "dev", "eth0"]));
+}
+
+struct NamespacesGuard(Vec<&'static str>);
+
+impl Drop for NamespacesGuard {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirt, qemu and build/*.bin: run by make test; installs on this host and removes it"]
+fn a_guest_takes_dhcp_runs_its_userdata_and_answers_through_its_eip() {
+    let s = setup();
+    let cli = &s.stack.cli;
+    let c = &s.cloud;
+    // The public side: a bridge and a namespace standing for the internet, holding the gateway.
+    let _links = LinksGuard(vec!["br_zspub0".into(), "zsinet".into()]);
+    let _ns = NamespacesGuard(vec!["zsk-internet"]);
+    ok(Command::new("ip").args(["link", "add", "br_zspub0", "type", "bridge"]));
+    ok(Command::new("ip").args(["link", "set", "br_zspub0", "up"]));
+    attach_ns("zsk-internet", "br_zspub0", "zsinet", "172.30.0.1/24");
+
+    let flat = cli.list(&["QueryNetworkServiceProvider", "type=Flat"])[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let services = json!({ &flat: ["DHCP", "Userdata", "Eip"] }).to_string();
+    cli.ok(&[
+        "AttachNetworkServiceToL3Network",
+        &format!("l3NetworkUuid={}", c.l3),
+        &format!("networkServices={services}"),
+    ]);
+    let pub_l2 = cli.uuid(&[
+        "CreateL2NoVlanNetwork",
+        "name=public",
+        &format!("zoneUuid={}", c.zone),
+        "physicalInterface=zspub0",
+    ]);
+    cli.ok(&[
+        "AttachL2NetworkToCluster",
+        &format!("l2NetworkUuid={pub_l2}"),
+        &format!("clusterUuid={}", c.cluster),
+    ]);
+    let pub_l3 = cli.uuid(&[
+        "CreateL3Network",
+        "name=public",
+        &format!("l2NetworkUuid={pub_l2}"),
+    ]);
+    cli.ok(&[
+        "AddIpRange",
+        &format!("l3NetworkUuid={pub_l3}"),
+        "name=pub",
+        "startIp=172.30.0.10",
+        "endIp=172.30.0.50",
+        "netmask=255.255.255.0",
+        "gateway=172.30.0.1",
+    ]);
+
+    let userdata = "#!/bin/sh\necho \"userdata-ran $INSTANCE_ID\" > /www/ud.txt\n";
+    let vm = cli.inv(&[
+        "CreateVmInstance",
+        "name=guest1",
+        &format!("instanceOfferingUuid={}", c.offering),
+        &format!("imageUuid={}", c.image),
+        &format!("l3NetworkUuids={}", c.l3),
+        &format!("userData={userdata}"),
+    ]);
+    let uuid = vm["uuid"].as_str().unwrap().to_string();
+    let ip = vm["vmNics"][0]["ip"].as_str().unwrap().to_string();
+    let nic = vm["vmNics"][0]["uuid"].as_str().unwrap().to_string();
+    // DHCP gave it the allocated address; it fetched its instance-id and ran its userdata.
+    wait_console(&uuid, "ZSTACK-GUEST: ready");
+    let console = console(&uuid);
+    assert!(
+        console.contains(&format!("ZSTACK-GUEST: dhcp {ip}")),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("ZSTACK-GUEST: instance-id {uuid}")),
+        "{console}"
+    );
+    assert!(
+        console.contains("ZSTACK-GUEST: userdata ran rc=0"),
+        "{console}"
+    );
+
+    // Its EIP: the internet reaches the guest's web server through the VIP.
+    let vip = cli.inv(&["CreateVip", "name=vip", &format!("l3NetworkUuid={pub_l3}")]);
+    let vip_ip = vip["ip"].as_str().unwrap().to_string();
+    let eip = cli.inv(&[
+        "CreateEip",
+        "name=eip",
+        &format!("vipUuid={}", vip["uuid"].as_str().unwrap()),
+        &format!("vmNicUuid={nic}"),
+    ]);
+    let get = |path: &str| {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            "zsk-internet",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{vip_ip}{path}"),
+        ]))
+    };
+    let mut body = String::new();
+    wait_until(
+        "the guest to answer through its EIP",
+        Duration::from_secs(30),
+        || {
+            let o = get("/ud.txt");
+            body = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success() && !body.is_empty()
+        },
+    );
+    assert_eq!(body.trim(), format!("userdata-ran {uuid}"));
+    let index = String::from_utf8_lossy(&get("/").stdout).into_owned();
+    assert_eq!(index.trim(), format!("zstack-test-guest {uuid}"));
+
+    // Detached: the VIP no longer leads to the guest; destroyed: nothing of the VM is left.
+    cli.ok(&[
+        "DetachEip",
+        &format!("uuid={}", eip["uuid"].as_str().unwrap()),
+    ]);
+    assert!(
+        !get("/").status.success(),
+        "the VIP still answers after DetachEip"
+    );
+    cli.ok(&["DestroyVmInstance", &format!("uuid={uuid}")]);
+    let namespaces = ok(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !namespaces.contains(&format!("zs-l3-{}", c.l3)),
+        "{namespaces}"
+    );
+}

@@ -10,13 +10,19 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
 use zstack_common::agent_proto::NicSpec;
 use zstack_common::templates::Templates;
+
+use crate::metadata::{MetadataListener, MetadataStore};
 
 use crate::host::HostTools;
 use crate::vm::{bridge_name, tap_name};
 
-pub const METADATA_IP: &str = "169.254.169.254";
+pub use crate::metadata::METADATA_IP;
 pub const TABLE: &str = "zstack_flat";
 
 /// The L3's namespace on this host.
@@ -58,11 +64,53 @@ pub fn dhcp_hostname(name: &str, uuid: &str) -> String {
     }
 }
 
+/// The metadata servers of this host: the store of what each VM is told, and one listener per
+/// L3 namespace on 169.254.169.254:80.
+pub struct MetadataServers {
+    pub store: Arc<MetadataStore>,
+    listeners: Mutex<HashMap<String, MetadataListener>>,
+}
+
+impl MetadataServers {
+    pub fn new(store: Arc<MetadataStore>) -> Self {
+        MetadataServers {
+            store,
+            listeners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serves the L3's VMs from inside its namespace, unless that runs already.
+    pub fn ensure_listener(&self, l3: &str) -> Result<(), String> {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .map_err(|_| "the metadata listeners' lock is poisoned".to_string())?;
+        if listeners.get(l3).is_some_and(MetadataListener::is_running) {
+            return Ok(());
+        }
+        let addr = SocketAddr::from(([169, 254, 169, 254], 80));
+        let app = crate::metadata::router(self.store.clone(), l3.to_string());
+        let listener = crate::metadata::serve_in_netns(&namespace(l3), addr, app)?;
+        listeners.insert(l3.to_string(), listener);
+        Ok(())
+    }
+
+    /// Stops the L3's listener (before its namespace goes: an open socket keeps it alive).
+    pub fn stop_listener(&self, l3: &str) {
+        let taken = self.listeners.lock().ok().and_then(|mut l| l.remove(l3));
+        if let Some(listener) = taken {
+            let _ = listener.stop();
+        }
+    }
+}
+
 pub struct FlatNetwork<'a> {
     pub tools: &'a dyn HostTools,
     pub templates: &'a Templates,
-    /// `/var/lib/zstack/kvmagent/dnsmasq`: one directory per L3.
+    /// `/var/lib/zstack/kvmagent/flat`: one directory per L3.
     pub state_dir: PathBuf,
+    /// None where no metadata is served (tests of the DHCP side alone).
+    pub metadata: Option<&'a MetadataServers>,
 }
 
 fn err(e: crate::host::HostError) -> String {
@@ -296,6 +344,12 @@ impl FlatNetwork<'_> {
             if nic.services.iter().any(|s| s == "DHCP") {
                 self.set_host(nic, hostname, true)?;
             }
+            if let (Some(m), true) = (
+                self.metadata,
+                nic.services.iter().any(|s| s == "Userdata"),
+            ) {
+                m.ensure_listener(&nic.l3_network_uuid)?;
+            }
         }
         self.element("add", "vm_macs", &format!("\"{tap}\" . {}", nic.mac))?;
         self.element(
@@ -351,6 +405,9 @@ impl FlatNetwork<'_> {
 
     /// Takes an L3's namespace down: dnsmasq, the veth, the namespace, its state.
     pub fn remove_l3(&self, l3: &str) -> Result<(), String> {
+        if let Some(m) = self.metadata {
+            m.stop_listener(l3);
+        }
         let dir = self.l3_dir(l3);
         if let Some(pid) = self.dnsmasq_pid(&dir.join("dnsmasq.pid")) {
             let _ = nix::sys::signal::kill(

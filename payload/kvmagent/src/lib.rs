@@ -10,7 +10,9 @@
 //! restart of the agent leaves every VM running (they are libvirt's processes).
 
 pub mod flat;
+pub mod eip;
 pub mod host;
+pub mod metadata;
 pub mod storage;
 pub mod vm;
 
@@ -43,6 +45,7 @@ struct AgentState {
     templates: Templates,
     log: LogFile,
     domain_type: &'static str,
+    metadata: crate::flat::MetadataServers,
 }
 
 impl AgentState {
@@ -55,6 +58,7 @@ impl AgentState {
             secret: &self.secret,
             domain_type: self.domain_type,
             state_dir: self.layout.host(self.layout.data_dir().join("kvmagent")),
+            metadata: Some(&self.metadata),
         }
     }
 }
@@ -84,6 +88,12 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not set in zstack.properties", keys::AGENT_SECRET))?
         .to_string();
     let templates = Templates::load(&release_tree()?.join("templates"))?;
+    let store = metadata::MetadataStore::open(metadata::store_dir(layout))
+        .map_err(anyhow::Error::msg)?;
+    for skipped in store.skipped() {
+        log.warn(&format!("metadata: skipped {skipped}"));
+    }
+    let metadata = flat::MetadataServers::new(std::sync::Arc::new(store));
     let state = Arc::new(AgentState {
         version: release.version.clone(),
         secret,
@@ -91,7 +101,9 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         templates,
         log: log.clone(),
         domain_type: vm::domain_type(props.get(keys::AGENT_VIRTUALIZATION).unwrap_or("auto")),
+        metadata,
     });
+    resume_metadata(&state);
 
     let authenticated = Router::new()
         .route(path::PING, get(ping).post(ping))
@@ -198,6 +210,31 @@ fn host_facts(version: &str) -> Result<HostFacts, String> {
         qemu_version: None,
         vms: None,
     })
+}
+
+/// After a restart of the agent, the VMs still run: serve again the metadata of every L3
+/// namespace that is there.
+fn resume_metadata(st: &AgentState) {
+    let namespaces =
+        crate::host::HostTools::run(&SystemTools, "ip", &["netns", "list"]).unwrap_or_default();
+    let mut l3s: Vec<String> = st
+        .metadata
+        .store
+        .vm_uuids()
+        .iter()
+        .flat_map(|vm| st.metadata.store.records(vm))
+        .map(|r| r.l3_network_uuid.clone())
+        .collect();
+    l3s.sort();
+    l3s.dedup();
+    for l3 in l3s {
+        let ns = flat::namespace(&l3);
+        if namespaces.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())) {
+            if let Err(e) = st.metadata.ensure_listener(&l3) {
+                st.log.warn(&format!("metadata of L3 {l3}: {e}"));
+            }
+        }
+    }
 }
 
 /// Runs `f` on the blocking pool; answers its value, or its refusal as

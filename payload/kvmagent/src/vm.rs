@@ -54,6 +54,7 @@ pub struct VmHost<'a> {
     /// `/var/lib/zstack/kvmagent`: the specs of the VMs started here (for their NICs at stop),
     /// and the flat network's state.
     pub state_dir: PathBuf,
+    pub metadata: Option<&'a crate::flat::MetadataServers>,
 }
 
 /// The domain type for the `kvmagent.virtualization` setting: `kvm` or `qemu` as set; for
@@ -326,6 +327,11 @@ impl VmHost<'_> {
         // The NICs' DHCP, metadata and anti-spoofing entries go in before the VM runs, so its
         // first DHCP request is answered; the spec is kept for the stop.
         self.save_spec(spec)?;
+        if let Some(m) = self.metadata {
+            m.store
+                .upsert_vm(spec)
+                .map_err(|e| Refusal::new("NETWORK_SETUP_FAILED", e))?;
+        }
         let hostname = crate::flat::dhcp_hostname(&spec.metadata.hostname, &spec.uuid);
         for n in &spec.nics {
             if let Err(e) = self.flat().add_nic(n, &hostname) {
@@ -354,6 +360,7 @@ impl VmHost<'_> {
             tools: self.tools,
             templates: self.templates,
             state_dir: self.state_dir.join("flat"),
+            metadata: self.metadata,
         }
     }
 
@@ -395,6 +402,9 @@ impl VmHost<'_> {
             for n in &spec.nics {
                 let _ = self.flat().remove_nic(n);
             }
+        }
+        if let Some(m) = self.metadata {
+            let _ = m.store.remove_vm(vm);
         }
         let _ = std::fs::remove_file(self.spec_file(vm));
     }
@@ -562,6 +572,7 @@ mod tests {
             secret: "s",
             domain_type: "qemu",
             state_dir: PathBuf::from("/tmp"),
+            metadata: None,
         };
         let disk = DiskSpec {
             volume_uuid: "v".repeat(32),
