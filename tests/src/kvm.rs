@@ -46,7 +46,7 @@ pub fn guest_image() -> PathBuf {
 pub struct LoopFs {
     pub image: PathBuf,
     pub at: PathBuf,
-    mounted: bool,
+    pub mounted: bool,
 }
 
 impl LoopFs {

@@ -485,14 +485,21 @@ fn shared_mount_point_refusals() {
     ]);
 
     // Another filesystem at the same path: the host refuses it and is Disconnected with the reason.
-    let other = LoopFs::new(&dirs.path().join("other"), 64);
-    let other_image = other.image.clone();
-    drop(other);
+    // (A second ext4 image, mounted where the storage's filesystem was.)
+    let mut other = LoopFs::new(&dirs.path().join("other"), 64);
+    other.umount();
     s.ps.umount();
-    ok(Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&s.ps.image));
-    s.ps.mount(&[]);
+    let mut moved = LoopFs {
+        image: other.image.clone(),
+        at: s.ps.at.clone(),
+        mounted: false,
+    };
+    moved.mount(&[]);
+    let id_file = s.ps.at.join(".zstack-primary-storage-id");
+    assert!(
+        !id_file.exists(),
+        "the other filesystem carries the storage's id file"
+    );
     let e = cli.err(&["ReconnectHost", &format!("uuid={}", c.host)]);
     assert!(
         e["message"]
@@ -503,7 +510,8 @@ fn shared_mount_point_refusals() {
     );
     let h = &cli.list(&["QueryHost", &format!("uuid={}", c.host)])[0];
     assert_eq!(h["status"], "Disconnected", "{h}");
-    let _ = other_image;
+    moved.umount();
+    drop(other);
 }
 
 #[test]
