@@ -355,6 +355,11 @@ pub fn one_as(conn: &Connection, t: &Table, uuid: &str, field: &str) -> Result<V
         .ok_or_else(|| ApiError::not_found(t.resource, uuid).field(field))
 }
 
+/// The number a `SELECT count(...)` answers.
+pub fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<i64, ApiError> {
+    Ok(conn.query_row(sql, params, |r| r.get(0))?)
+}
+
 /// Fails with RESOURCE_NOT_FOUND on `field` unless `uuid` is a row of `table`.
 pub fn exists(
     conn: &Connection,

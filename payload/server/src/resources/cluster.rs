@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection};
 use serde_json::{json, Map, Value};
 
-use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
 use crate::query::Table;
@@ -127,10 +127,10 @@ fn update_cluster(c: &Call) -> Result<Value, ApiError> {
 fn delete_cluster(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "cluster", "Cluster", uuid, "uuid")?;
-    let hosts: i64 = c.conn.query_row(
+    let hosts: i64 = count(
+        c.conn,
         "SELECT count(*) FROM host WHERE cluster_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if hosts > 0 {
         return Err(ApiError::in_use(format!(

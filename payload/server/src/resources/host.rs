@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
 use crate::job::Job;
@@ -294,10 +294,10 @@ fn reconnect_host(c: &Call) -> Result<Job, ApiError> {
 fn delete_host(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "host", "Host", uuid, "uuid")?;
-    let vms: i64 = c.conn.query_row(
+    let vms: i64 = count(
+        c.conn,
         "SELECT count(*) FROM vm_instance WHERE host_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if vms > 0 {
         return Err(ApiError::in_use(format!(

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
 use crate::query::Table;
@@ -435,12 +435,12 @@ fn detach_l2(c: &Call) -> Result<Value, ApiError> {
     let l2 = c.required("l2NetworkUuid")?;
     let cluster = c.required("clusterUuid")?;
     exists(c.conn, "l2_network", "L2Network", l2, "l2NetworkUuid")?;
-    let running: i64 = c.conn.query_row(
+    let running: i64 = count(
+        c.conn,
         "SELECT count(DISTINCT vm.uuid) FROM vm_nic n JOIN l3_network l ON l.uuid = n.l3_uuid
            JOIN vm_instance vm ON vm.uuid = n.vm_uuid
           WHERE l.l2_uuid = ?1 AND vm.cluster_uuid = ?2 AND vm.host_uuid IS NOT NULL",
         params![l2, cluster],
-        |r| r.get(0),
     )?;
     if running > 0 {
         return Err(ApiError::in_use(format!(
@@ -468,10 +468,10 @@ fn query_l2(c: &Call) -> Result<Value, ApiError> {
 fn delete_l2(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "l2_network", "L2Network", uuid, "uuid")?;
-    let l3s: i64 = c.conn.query_row(
+    let l3s: i64 = count(
+        c.conn,
         "SELECT count(*) FROM l3_network WHERE l2_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if l3s > 0 {
         return Err(ApiError::in_use(format!(
@@ -523,15 +523,15 @@ fn update_l3(c: &Call) -> Result<Value, ApiError> {
 fn delete_l3(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "l3_network", "L3Network", uuid, "uuid")?;
-    let used: i64 = c.conn.query_row(
+    let used: i64 = count(
+        c.conn,
         "SELECT count(*) FROM used_ip WHERE l3_uuid = ?1 AND owner_type <> 'DhcpServer'",
         [uuid],
-        |r| r.get(0),
     )?;
-    let nics: i64 = c.conn.query_row(
+    let nics: i64 = count(
+        c.conn,
         "SELECT count(*) FROM vm_nic WHERE l3_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if used > 0 || nics > 0 {
         return Err(ApiError::in_use(format!(
@@ -648,10 +648,10 @@ fn query_ip_range(c: &Call) -> Result<Value, ApiError> {
 fn delete_ip_range(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "ip_range", "IpRange", uuid, "uuid")?;
-    let used: i64 = c.conn.query_row(
+    let used: i64 = count(
+        c.conn,
         "SELECT count(*) FROM used_ip WHERE ip_range_uuid = ?1 AND owner_type <> 'DhcpServer'",
         [uuid],
-        |r| r.get(0),
     )?;
     if used > 0 {
         return Err(ApiError::in_use(format!(
@@ -745,11 +745,7 @@ fn detach_services(c: &Call) -> Result<Value, ApiError> {
     exists(c.conn, "l3_network", "L3Network", l3, "l3NetworkUuid")?;
     let list = services(c)?;
     if list.iter().any(|(_, t)| t == "Eip") {
-        let eips: i64 = c.conn.query_row(
-            "SELECT count(*) FROM eip e JOIN vm_nic n ON n.uuid = e.vm_nic_uuid WHERE n.l3_uuid = ?1",
-            [l3],
-            |r| r.get(0),
-        )?;
+        let eips: i64 = count(c.conn, "SELECT count(*) FROM eip e JOIN vm_nic n ON n.uuid = e.vm_nic_uuid WHERE n.l3_uuid = ?1", [l3])?;
         if eips > 0 {
             return Err(ApiError::in_use(format!(
                 "{eips} EIP(s) are attached to NICs of L3 network {l3}; detach them first"

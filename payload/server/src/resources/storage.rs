@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
 use crate::job::Job;
@@ -357,11 +357,7 @@ fn attach_ps(c: &Call) -> Result<Job, ApiError> {
             format!("cluster {cluster} is in zone {cluster_zone}, primary storage {ps} in zone {ps_zone}"),
         ));
     }
-    let attached: i64 = c.conn.query_row(
-        "SELECT count(*) FROM cluster_primary_storage WHERE cluster_uuid = ?1 AND primary_storage_uuid = ?2",
-        params![cluster, ps],
-        |r| r.get(0),
-    )?;
+    let attached: i64 = count(c.conn, "SELECT count(*) FROM cluster_primary_storage WHERE cluster_uuid = ?1 AND primary_storage_uuid = ?2", params![cluster, ps])?;
     if attached > 0 {
         return Err(ApiError::wrong_state(format!(
             "primary storage {ps} is already attached to cluster {cluster}"
@@ -405,11 +401,11 @@ fn detach_ps(c: &Call) -> Result<Value, ApiError> {
         "primaryStorageUuid",
     )?;
     exists(c.conn, "cluster", "Cluster", cluster, "clusterUuid")?;
-    let running: i64 = c.conn.query_row(
+    let running: i64 = count(
+        c.conn,
         "SELECT count(DISTINCT v.vm_uuid) FROM volume v JOIN vm_instance vm ON vm.uuid = v.vm_uuid
           WHERE v.primary_storage_uuid = ?1 AND vm.cluster_uuid = ?2 AND vm.host_uuid IS NOT NULL",
         params![ps, cluster],
-        |r| r.get(0),
     )?;
     if running > 0 {
         return Err(ApiError::in_use(format!(
@@ -437,15 +433,15 @@ fn query_ps(c: &Call) -> Result<Value, ApiError> {
 fn delete_ps(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "primary_storage", "PrimaryStorage", uuid, "uuid")?;
-    let vols: i64 = c.conn.query_row(
+    let vols: i64 = count(
+        c.conn,
         "SELECT count(*) FROM volume WHERE primary_storage_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
-    let clusters: i64 = c.conn.query_row(
+    let clusters: i64 = count(
+        c.conn,
         "SELECT count(*) FROM cluster_primary_storage WHERE primary_storage_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if vols > 0 || clusters > 0 {
         return Err(ApiError::in_use(format!(
@@ -559,10 +555,10 @@ fn query_bs(c: &Call) -> Result<Value, ApiError> {
 fn delete_bs(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "backup_storage", "BackupStorage", uuid, "uuid")?;
-    let images: i64 = c.conn.query_row(
+    let images: i64 = count(
+        c.conn,
         "SELECT count(*) FROM image WHERE backup_storage_uuid = ?1",
         [uuid],
-        |r| r.get(0),
     )?;
     if images > 0 {
         return Err(ApiError::in_use(format!(

@@ -3,7 +3,7 @@
 use rusqlite::params;
 use serde_json::{json, Value};
 
-use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
+use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
 use crate::query::Table;
@@ -89,10 +89,10 @@ fn delete_zone(c: &Call) -> Result<Value, ApiError> {
         ("l2_network", "L2 network(s)"),
         ("primary_storage", "primary storage(s)"),
     ] {
-        let n: i64 = c.conn.query_row(
+        let n: i64 = count(
+            c.conn,
             &format!("SELECT count(*) FROM {table} WHERE zone_uuid = ?1"),
             [uuid],
-            |r| r.get(0),
         )?;
         if n > 0 {
             return Err(ApiError::in_use(format!(
