@@ -25,3 +25,18 @@ pub fn set_state(
     )?;
     Ok(())
 }
+
+/// Changes an attachment row (`sql` inserts or deletes it); when nothing changed the call was
+/// refused: `INVALID_STATE` on `field` with `message` (already attached / not attached).
+pub fn change_attachment(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    field: &str,
+    message: String,
+) -> Result<(), crate::error::ApiError> {
+    if conn.execute(sql, params)? == 0 {
+        return Err(crate::error::ApiError::wrong_state(message).field(field));
+    }
+    Ok(())
+}

@@ -418,16 +418,13 @@ fn attach_l2(c: &Call) -> Result<Value, ApiError> {
             ),
         ));
     }
-    let n = c.conn.execute(
+    super::change_attachment(
+        c.conn,
         "INSERT OR IGNORE INTO cluster_l2_network (cluster_uuid, l2_uuid, create_date) VALUES (?1, ?2, ?3)",
         params![cluster, l2, auth::now()],
+        "l2NetworkUuid",
+        format!("L2 network {l2} is already attached to cluster {cluster}"),
     )?;
-    if n == 0 {
-        return Err(ApiError::wrong_state(format!(
-            "L2 network {l2} is already attached to cluster {cluster}"
-        ))
-        .field("l2NetworkUuid"));
-    }
     Ok(inventory(one(c.conn, &L2, l2)?))
 }
 
@@ -448,16 +445,13 @@ fn detach_l2(c: &Call) -> Result<Value, ApiError> {
         ))
         .field("l2NetworkUuid"));
     }
-    let n = c.conn.execute(
+    super::change_attachment(
+        c.conn,
         "DELETE FROM cluster_l2_network WHERE cluster_uuid = ?1 AND l2_uuid = ?2",
         params![cluster, l2],
+        "clusterUuid",
+        format!("L2 network {l2} is not attached to cluster {cluster}"),
     )?;
-    if n == 0 {
-        return Err(ApiError::wrong_state(format!(
-            "L2 network {l2} is not attached to cluster {cluster}"
-        ))
-        .field("clusterUuid"));
-    }
     Ok(inventory(one(c.conn, &L2, l2)?))
 }
 

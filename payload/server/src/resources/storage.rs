@@ -413,16 +413,13 @@ fn detach_ps(c: &Call) -> Result<Value, ApiError> {
         ))
         .field("primaryStorageUuid"));
     }
-    let n = c.conn.execute(
+    super::change_attachment(
+        c.conn,
         "DELETE FROM cluster_primary_storage WHERE cluster_uuid = ?1 AND primary_storage_uuid = ?2",
         params![cluster, ps],
+        "clusterUuid",
+        format!("primary storage {ps} is not attached to cluster {cluster}"),
     )?;
-    if n == 0 {
-        return Err(ApiError::wrong_state(format!(
-            "primary storage {ps} is not attached to cluster {cluster}"
-        ))
-        .field("clusterUuid"));
-    }
     Ok(inventory(one(c.conn, &PRIMARY_STORAGE, ps)?))
 }
 
@@ -535,16 +532,13 @@ fn detach_bs(c: &Call) -> Result<Value, ApiError> {
         bs,
         "backupStorageUuid",
     )?;
-    let n = c.conn.execute(
+    super::change_attachment(
+        c.conn,
         "DELETE FROM zone_backup_storage WHERE zone_uuid = ?1 AND backup_storage_uuid = ?2",
         params![zone, bs],
+        "zoneUuid",
+        format!("backup storage {bs} is not attached to zone {zone}"),
     )?;
-    if n == 0 {
-        return Err(ApiError::wrong_state(format!(
-            "backup storage {bs} is not attached to zone {zone}"
-        ))
-        .field("zoneUuid"));
-    }
     Ok(inventory(one(c.conn, &BACKUP_STORAGE, bs)?))
 }
 
