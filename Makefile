@@ -47,6 +47,7 @@ bench:
 	bash scripts/bench-upgrade.sh
 	bash scripts/bench-scale.sh
 	bash scripts/bench-metadata.sh
+	bash scripts/bench-eip.sh
 
 clean:
 	$(CARGO) clean

@@ -674,6 +674,17 @@ fn a_guest_takes_dhcp_runs_its_userdata_and_answers_through_its_eip() {
     let index = String::from_utf8_lossy(&get("/").stdout).into_owned();
     assert_eq!(index.trim(), format!("zstack-test-guest {uuid}"));
 
+    // The host's state drifts (its EIP namespace is gone); a reconnect makes it equal to the DB.
+    let eip_ns = zstack_kvmagent::eip::namespace_name(vip["uuid"].as_str().unwrap());
+    ok(Command::new("ip").args(["netns", "del", &eip_ns]));
+    assert!(!get("/").status.success());
+    cli.inv(&["ReconnectHost", &format!("uuid={}", c.host)]);
+    wait_until(
+        "the EIP to be re-applied by the reconnect",
+        Duration::from_secs(30),
+        || get("/").status.success(),
+    );
+
     // Detached: the VIP no longer leads to the guest; destroyed: nothing of the VM is left.
     cli.ok(&[
         "DetachEip",

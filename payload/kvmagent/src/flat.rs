@@ -344,10 +344,7 @@ impl FlatNetwork<'_> {
             if nic.services.iter().any(|s| s == "DHCP") {
                 self.set_host(nic, hostname, true)?;
             }
-            if let (Some(m), true) = (
-                self.metadata,
-                nic.services.iter().any(|s| s == "Userdata"),
-            ) {
+            if let (Some(m), true) = (self.metadata, nic.services.iter().any(|s| s == "Userdata")) {
                 m.ensure_listener(&nic.l3_network_uuid)?;
             }
         }

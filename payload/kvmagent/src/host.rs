@@ -36,6 +36,10 @@ fn package_of(program: &str) -> &'static str {
         "virsh" => "apt-get install libvirt-clients libvirt-daemon-system",
         "qemu-img" => "apt-get install qemu-utils",
         "ip" | "bridge" => "apt-get install iproute2",
+        "nft" => "apt-get install nftables",
+        "arping" => "apt-get install iputils-arping",
+        "nsenter" => "apt-get install util-linux",
+        "dnsmasq" => "apt-get install dnsmasq-base",
         _ => "see the install guide",
     }
 }

@@ -9,8 +9,8 @@
 //! The agent keeps no state of its own: the management node's database is the record, and a
 //! restart of the agent leaves every VM running (they are libvirt's processes).
 
-pub mod flat;
 pub mod eip;
+pub mod flat;
 pub mod host;
 pub mod metadata;
 pub mod storage;
@@ -27,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use zstack_common::agent_proto::{
-    path, CheckStorage, DeleteVolume, DestroyVm, HostFacts, StopVm, VmRef, VmSpec, VolumeAttachment,
+    path, CheckStorage, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm, VmRef, VmSpec,
+    VolumeAttachment,
 };
 use zstack_common::health::{Health, AGENT_SECRET_HEADER};
 use zstack_common::logfile::LogFile;
@@ -88,8 +89,8 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not set in zstack.properties", keys::AGENT_SECRET))?
         .to_string();
     let templates = Templates::load(&release_tree()?.join("templates"))?;
-    let store = metadata::MetadataStore::open(metadata::store_dir(layout))
-        .map_err(anyhow::Error::msg)?;
+    let store =
+        metadata::MetadataStore::open(metadata::store_dir(layout)).map_err(anyhow::Error::msg)?;
     for skipped in store.skipped() {
         log.warn(&format!("metadata: skipped {skipped}"));
     }
@@ -116,6 +117,8 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .route(path::ATTACH_VOLUME, post(attach_volume))
         .route(path::DETACH_VOLUME, post(detach_volume))
         .route(path::DELETE_VOLUME, post(delete_volume))
+        .route(path::APPLY_EIP, post(apply_eip))
+        .route(path::REMOVE_EIP, post(remove_eip))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -229,7 +232,10 @@ fn resume_metadata(st: &AgentState) {
     l3s.dedup();
     for l3 in l3s {
         let ns = flat::namespace(&l3);
-        if namespaces.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())) {
+        if namespaces
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+        {
             if let Err(e) = st.metadata.ensure_listener(&l3) {
                 st.log.warn(&format!("metadata of L3 {l3}: {e}"));
             }
@@ -353,6 +359,40 @@ fn mem_total(meminfo: &str) -> Option<i64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kb.checked_mul(1024)
+}
+
+/// Applies an EIP on this host (see `eip.rs`) and tells the VM's metadata its public address.
+async fn apply_eip(State(state): State<Arc<AgentState>>, Json(spec): Json<EipSpec>) -> Response {
+    blocking(state, move |st| {
+        eip::apply(&SystemTools, &st.templates, &spec)
+            .map_err(|e| Refusal::new("EIP_FAILED", e))?;
+        let _ = st.metadata.store.set_public_ip(
+            &spec.nic.l3_network_uuid,
+            &spec.nic.ip,
+            Some(spec.vip_ip.clone()),
+        );
+        st.log.info(&format!(
+            "EIP {} ({}) applied for VM {}",
+            spec.eip_uuid, spec.vip_ip, spec.vm_uuid
+        ));
+        done()
+    })
+    .await
+}
+
+/// Removes an EIP from this host; removing one that is not there changes nothing.
+async fn remove_eip(State(state): State<Arc<AgentState>>, Json(spec): Json<EipSpec>) -> Response {
+    blocking(state, move |st| {
+        eip::remove(&SystemTools, &st.templates, &spec)
+            .map_err(|e| Refusal::new("EIP_FAILED", e))?;
+        let _ = st
+            .metadata
+            .store
+            .set_public_ip(&spec.nic.l3_network_uuid, &spec.nic.ip, None);
+        st.log.info(&format!("EIP {} removed", spec.eip_uuid));
+        done()
+    })
+    .await
 }
 
 /// Checks a shared mount point (see `storage.rs`), answers its capacity, and makes the agent's

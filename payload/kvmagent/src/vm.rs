@@ -313,7 +313,9 @@ impl VmHost<'_> {
     /// Starts a VM; starting one that runs already changes nothing.
     pub fn start(&self, spec: &VmSpec) -> Result<(), Refusal> {
         if self.running(&spec.uuid)? {
-            return Ok(());
+            // Already running (a reconnect re-sends the running VMs): make its network state
+            // equal to the spec again; every step of that is idempotent.
+            return self.apply_network(spec);
         }
         self.prepare_disk(&spec.root_volume)?;
         for d in &spec.data_volumes {
@@ -353,6 +355,24 @@ impl VmHost<'_> {
                 self.remove_nics(&spec.uuid);
                 Refusal::new("VM_START_FAILED", e.to_string())
             })
+    }
+
+    /// The VM's NICs in the flat network and its metadata, as the spec says.
+    fn apply_network(&self, spec: &VmSpec) -> Result<(), Refusal> {
+        self.save_spec(spec)?;
+        if let Some(m) = self.metadata {
+            m.store
+                .upsert_vm(spec)
+                .map_err(|e| Refusal::new("NETWORK_SETUP_FAILED", e))?;
+        }
+        let hostname = crate::flat::dhcp_hostname(&spec.metadata.hostname, &spec.uuid);
+        for n in &spec.nics {
+            self.ensure_bridge(&n.physical_interface)?;
+            self.flat()
+                .add_nic(n, &hostname)
+                .map_err(|e| Refusal::new("NETWORK_SETUP_FAILED", e))?;
+        }
+        Ok(())
     }
 
     pub fn flat(&self) -> crate::flat::FlatNetwork<'_> {

@@ -360,7 +360,56 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
             )?;
             recompute_capacity(&tx, uuid)?;
             tx.commit()?;
-            Ok(inventory(one(&conn, &HOST, uuid)?))
+            drop(conn);
+            reapply_running_vms(node, &host);
+            Ok(inventory(one(&*node.db()?, &HOST, uuid)?))
+        }
+    }
+}
+
+/// Sends the host the spec and EIPs of every VM the DB has running there: the agent makes its
+/// network state (DHCP, metadata, anti-spoofing, EIPs) equal to them again; all idempotent. A VM
+/// that cannot be brought back in line is logged, not a reason to refuse the host.
+fn reapply_running_vms(node: &Node, host: &HostRow) {
+    let work = (|| -> Result<Vec<(String, zstack_common::agent_proto::VmSpec, Vec<zstack_common::agent_proto::EipSpec>)>, ApiError> {
+        let conn = node.db()?;
+        let vms: Vec<String> = {
+            let mut st = conn.prepare(
+                "SELECT uuid FROM vm_instance WHERE host_uuid = ?1 AND state = 'Running'",
+            )?;
+            let rows = st.query_map([&host.uuid], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        vms.into_iter()
+            .map(|vm| {
+                Ok((
+                    vm.clone(),
+                    super::vm::vm_spec(&conn, node, &vm)?,
+                    super::vm::eip_specs_of_vm(&conn, &vm)?,
+                ))
+            })
+            .collect()
+    })();
+    let work = match work {
+        Ok(w) => w,
+        Err(e) => {
+            node.log.warn(&format!(
+                "host {}: cannot read its VMs to re-apply: {}",
+                host.uuid, e.message
+            ));
+            return;
+        }
+    };
+    let Ok(agent) = node.agent(host) else { return };
+    for (vm, spec, eips) in work {
+        let applied = agent
+            .start_vm(&spec)
+            .and_then(|_| eips.iter().try_for_each(|e| agent.apply_eip(e)));
+        if let Err(e) = applied {
+            node.log.warn(&format!(
+                "host {}: VM {vm}: re-applying its network failed: {e}",
+                host.uuid
+            ));
         }
     }
 }
