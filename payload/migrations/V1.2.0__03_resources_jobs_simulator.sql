@@ -154,6 +154,7 @@ ALTER TABLE vm_instance ADD COLUMN last_host_uuid TEXT;
 ALTER TABLE vm_instance ADD COLUMN root_volume_uuid TEXT;
 ALTER TABLE vm_instance ADD COLUMN hypervisor_type TEXT;
 ALTER TABLE vm_instance ADD COLUMN ssh_key TEXT;
+ALTER TABLE vm_instance ADD COLUMN root_password_hash TEXT;    -- SHA-512 crypt, for cloud-init
 CREATE INDEX vm_instance_name ON vm_instance (name);
 
 ALTER TABLE volume ADD COLUMN description TEXT;

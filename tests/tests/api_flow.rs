@@ -286,6 +286,35 @@ fn the_whole_api_flow_through_zstack_cli() {
     let web1 = vms[0]["uuid"].as_str().unwrap().to_string();
     let web1_nic = vms[0]["vmNics"][0]["uuid"].as_str().unwrap().to_string();
 
+    // A root password is kept only as its SHA-512 crypt hash; a weak one is refused.
+    let e = cli.err(&[
+        "CreateVmInstance",
+        "name=weak",
+        &format!("instanceOfferingUuid={}", c.offering),
+        &format!("imageUuid={}", c.image),
+        &format!("l3NetworkUuids={}", c.private_l3),
+        "rootPassword=short",
+    ]);
+    assert_eq!(e["field"], "rootPassword");
+    let pw = create_vm(cli, &c, "with-password", &["rootPassword=Sup3r-Secret-pw"]);
+    let hash = ok(Command::new("sqlite3").args([
+        "/var/lib/zstack/zstack.db",
+        &format!(
+            "SELECT root_password_hash FROM vm_instance WHERE uuid = '{}'",
+            pw["uuid"].as_str().unwrap()
+        ),
+    ]));
+    assert!(hash.starts_with("$6$"), "{hash}");
+    let dump = ok(Command::new("sqlite3").args(["/var/lib/zstack/zstack.db", ".dump"]));
+    assert!(
+        !dump.contains("Sup3r-Secret-pw"),
+        "the password is in the database"
+    );
+    cli.ok(&[
+        "DestroyVmInstance",
+        &format!("uuid={}", pw["uuid"].as_str().unwrap()),
+    ]);
+
     // Queries with every operator, fields, limit, count, and --table.
     assert_eq!(
         names(&cli.list(&["QueryVmInstance", "name=web1"])),
@@ -613,7 +642,7 @@ fn the_whole_api_flow_through_zstack_cli() {
 
     // Jobs are recorded and can be queried.
     let jobs = cli.list(&["QueryJob", "apiName=CreateVmInstance"]);
-    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs.len(), 4, "web1, web2, db1 and with-password");
     assert!(jobs.iter().all(|j| j["state"] == "Succeeded"), "{jobs:?}");
 
     // The API reference lists every call, and says which are jobs.

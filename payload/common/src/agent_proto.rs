@@ -153,6 +153,10 @@ pub struct VmMetadata {
     /// `public-keys/0/openssh-key`.
     #[serde(default)]
     pub ssh_key: Option<String>,
+    /// The root password as a SHA-512 crypt hash (never the password): with no user data, the
+    /// VM is served a `#cloud-config` that sets it.
+    #[serde(default)]
+    pub root_password_hash: Option<String>,
     /// IMDSv2: requests need a token from `PUT /latest/api/token`.
     #[serde(default)]
     pub token_required: bool,

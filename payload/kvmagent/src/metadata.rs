@@ -143,9 +143,14 @@ impl VmRecord {
     }
 }
 
-/// The user data a VM is served: its own; else, when it has an ssh key, a `#cloud-config` that
-/// authorizes the key (for root too, as the original did); else none.
-pub fn user_data_for(user_data: Option<&str>, ssh_key: Option<&str>) -> Option<String> {
+/// The user data a VM is served: its own; else, when it has an ssh key or a root password, a
+/// `#cloud-config` that authorizes the key (for root too, as the original did) and sets the
+/// password from its hash; else none.
+pub fn user_data_for(
+    user_data: Option<&str>,
+    ssh_key: Option<&str>,
+    root_password_hash: Option<&str>,
+) -> Option<String> {
     if let Some(u) = user_data.filter(|u| !u.is_empty()) {
         return Some(u.to_string());
     }
@@ -155,18 +160,30 @@ pub fn user_data_for(user_data: Option<&str>, ssh_key: Option<&str>) -> Option<S
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    if keys.is_empty() {
+    let hash = root_password_hash.filter(|h| !h.is_empty());
+    if keys.is_empty() && hash.is_none() {
         return None;
     }
-    let mut text = String::from("#cloud-config\nssh_authorized_keys:\n");
-    for k in keys {
-        // A JSON string is a YAML double-quoted scalar: a key comment with `#` or `: ` in it
-        // stays part of the key.
-        text.push_str("  - ");
-        text.push_str(&serde_json::Value::from(k).to_string());
-        text.push('\n');
+    // A JSON string is a YAML double-quoted scalar: a key comment with `#` or `: ` in it stays
+    // part of the key, and a hash's `$` needs no escaping.
+    let quoted = |v: &str| serde_json::Value::from(v).to_string();
+    let mut text = String::from("#cloud-config\n");
+    if !keys.is_empty() {
+        text.push_str("ssh_authorized_keys:\n");
+        for k in keys {
+            text.push_str("  - ");
+            text.push_str(&quoted(k));
+            text.push('\n');
+        }
     }
     text.push_str("disable_root: false\n");
+    if let Some(h) = hash {
+        text.push_str("ssh_pwauth: true\nchpasswd:\n  expire: false\n  users:\n");
+        text.push_str(&format!(
+            "    - name: root\n      type: hash\n      password: {}\n",
+            quoted(h)
+        ));
+    }
     Some(text)
 }
 
@@ -202,7 +219,11 @@ pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
             public_ipv4: None,
             ssh_key: md.ssh_key.clone().filter(|k| !k.trim().is_empty()),
             availability_zone: md.availability_zone.clone(),
-            user_data: user_data_for(spec.user_data.as_deref(), md.ssh_key.as_deref()),
+            user_data: user_data_for(
+                spec.user_data.as_deref(),
+                md.ssh_key.as_deref(),
+                md.root_password_hash.as_deref(),
+            ),
             token_required: md.token_required,
         });
     }
@@ -1150,6 +1171,7 @@ mod tests {
                 hostname: "web-1".to_string(),
                 availability_zone: "zone-a".to_string(),
                 ssh_key: Some("ssh-ed25519 AAAAC3 me@host".to_string()),
+                root_password_hash: None,
                 token_required: false,
             },
         }
@@ -1342,6 +1364,27 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert!(!s.set_public_ip(L3, "10.0.0.6", None).unwrap());
+    }
+
+    #[test]
+    fn a_root_password_becomes_a_cloud_config_with_its_hash() {
+        let hash = "$6$rounds=5000$salt$abc/def";
+        let ud = user_data_for(None, None, Some(hash)).unwrap();
+        assert_eq!(
+            ud,
+            "#cloud-config\ndisable_root: false\nssh_pwauth: true\nchpasswd:\n  expire: false\n  users:\n    - name: root\n      type: hash\n      password: \"$6$rounds=5000$salt$abc/def\"\n"
+        );
+        let both = user_data_for(None, Some("ssh-ed25519 K"), Some(hash)).unwrap();
+        assert!(
+            both.contains("ssh_authorized_keys:\n  - \"ssh-ed25519 K\"")
+                && both.contains("type: hash")
+        );
+        // The VM's own user data always wins.
+        assert_eq!(
+            user_data_for(Some("#!/bin/sh"), Some("k"), Some(hash)).as_deref(),
+            Some("#!/bin/sh")
+        );
+        assert_eq!(user_data_for(None, None, None), None);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub const APIS: &[ApiSpec] = &[
             opt("hostUuid", "only this host"),
             opt("userData", "cloud-init user data served by the metadata server (at most 64 KiB)"),
             opt(
+                "rootPassword",
+                "root's password, set by cloud-init when there is no userData (kept only as a SHA-512 crypt hash)",
+            ),
+            opt(
                 "sshKey",
                 "an SSH public key: served as public-keys/0/openssh-key, and as a #cloud-config when there is no userData",
             ),
@@ -576,11 +580,16 @@ fn vm_metadata(
     node: &Node,
     vm: &str,
 ) -> Result<zstack_common::agent_proto::VmMetadata, ApiError> {
-    let (name, zone, ssh_key): (String, Option<String>, Option<String>) = conn.query_row(
-        "SELECT v.name, z.name, v.ssh_key FROM vm_instance v LEFT JOIN zone z ON z.uuid = v.zone_uuid
-          WHERE v.uuid = ?1",
+    let (name, zone, ssh_key, root_password_hash): (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = conn.query_row(
+        "SELECT v.name, z.name, v.ssh_key, v.root_password_hash FROM vm_instance v
+           LEFT JOIN zone z ON z.uuid = v.zone_uuid WHERE v.uuid = ?1",
         [vm],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
     let token_required =
         globalconfig::value(conn, &node.release, "vm", "metadata.tokenRequired")? == "true";
@@ -588,6 +597,7 @@ fn vm_metadata(
         hostname: name,
         availability_zone: zone.unwrap_or_default(),
         ssh_key,
+        root_password_hash,
         token_required,
     })
 }
@@ -751,6 +761,20 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
         exists(c.conn, "host", "Host", h, "hostUuid")?;
     }
     let user_data = c.str("userData");
+    // Only the hash is kept: cloud-init sets a password from it (chpasswd, type hash).
+    let root_password_hash = match c.str("rootPassword") {
+        None => None,
+        Some(p) if p.len() < 8 || p.chars().any(char::is_whitespace) => {
+            return Err(ApiError::invalid(
+                "rootPassword",
+                "rootPassword must have at least 8 characters and no spaces",
+            ))
+        }
+        Some(p) => Some(
+            sha_crypt::sha512_simple(p, &sha_crypt::Sha512Params::default())
+                .map_err(|e| ApiError::internal(format!("cannot hash rootPassword: {e:?}")))?,
+        ),
+    };
     if user_data.is_some_and(|u| u.len() > MAX_USER_DATA) {
         return Err(ApiError::invalid(
             "userData",
@@ -784,12 +808,12 @@ fn create_vm(c: &Call) -> Result<Job, ApiError> {
         "INSERT INTO vm_instance (uuid, name, description, zone_uuid, cluster_uuid, host_uuid, last_host_uuid,
                                   image_uuid, instance_offering_uuid, root_volume_uuid, default_l3_uuid,
                                   hypervisor_type, cpu_num, memory_size, state, user_data, create_date, last_op_date,
-                                  ssh_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'Starting', ?14, ?15, ?15, ?16)",
+                                  ssh_key, root_password_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'Starting', ?14, ?15, ?15, ?16, ?17)",
     )?
     .execute(params![
         vm, name, c.str("description"), spot.zone, spot.cluster, spot.host, image, offering, root,
-        default_l3, spot.hypervisor, cpu, mem, user_data, ts, c.str("sshKey")
+        default_l3, spot.hypervisor, cpu, mem, user_data, ts, c.str("sshKey"), root_password_hash
     ])?;
     // The root volume is a qcow2 overlay on the image cached on the primary storage, whatever the
     // image's own format; the layout is the original's.
