@@ -68,33 +68,19 @@ pub const CLUSTER: Table = Table {
     expand: Some(expand_cluster),
 };
 
-fn column_list(conn: &Connection, sql: &str, uuid: &str) -> Result<Value, ApiError> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map([uuid], |r| r.get::<_, String>(0))?;
-    Ok(Value::from(rows.collect::<Result<Vec<_>, _>>()?))
-}
-
 fn expand_cluster(conn: &Connection, m: &mut Map<String, Value>) -> Result<(), ApiError> {
-    let Some(uuid) = m.get("uuid").and_then(Value::as_str).map(str::to_string) else {
-        return Ok(());
-    };
-    m.insert(
-        "attachedPrimaryStorageUuids".into(),
-        column_list(
-            conn,
-            "SELECT primary_storage_uuid FROM cluster_primary_storage WHERE cluster_uuid = ?1 ORDER BY rowid",
-            &uuid,
-        )?,
-    );
-    m.insert(
-        "attachedL2NetworkUuids".into(),
-        column_list(
-            conn,
-            "SELECT l2_uuid FROM cluster_l2_network WHERE cluster_uuid = ?1 ORDER BY rowid",
-            &uuid,
-        )?,
-    );
-    Ok(())
+    super::add_list(
+        conn,
+        m,
+        "attachedPrimaryStorageUuids",
+        "SELECT primary_storage_uuid FROM cluster_primary_storage WHERE cluster_uuid = ?1 ORDER BY rowid",
+    )?;
+    super::add_list(
+        conn,
+        m,
+        "attachedL2NetworkUuids",
+        "SELECT l2_uuid FROM cluster_l2_network WHERE cluster_uuid = ?1 ORDER BY rowid",
+    )
 }
 
 fn create_cluster(c: &Call) -> Result<Value, ApiError> {

@@ -40,3 +40,34 @@ pub fn change_attachment(
     }
     Ok(())
 }
+
+/// The first column of `sql` (one `?1` parameter) as strings.
+pub fn strings(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    param: &str,
+) -> Result<Vec<String>, crate::error::ApiError> {
+    let mut st = conn.prepare_cached(sql)?;
+    let rows = st.query_map([param], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Adds to an inventory, under `key`, the list `sql` answers for the inventory's uuid: how
+/// inventories show what is attached to them.
+pub fn add_list(
+    conn: &rusqlite::Connection,
+    inventory: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    sql: &str,
+) -> Result<(), crate::error::ApiError> {
+    let Some(uuid) = inventory
+        .get("uuid")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+    else {
+        return Ok(());
+    };
+    let list = strings(conn, sql, &uuid)?;
+    inventory.insert(key.into(), serde_json::Value::from(list));
+    Ok(())
+}

@@ -207,26 +207,17 @@ pub const L2: Table = Table {
     expand: Some(expand_l2),
 };
 
-fn strings(conn: &Connection, sql: &str, uuid: &str) -> Result<Vec<String>, ApiError> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map([uuid], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
 fn uuid_of(m: &Map<String, Value>) -> Option<String> {
     m.get("uuid").and_then(Value::as_str).map(str::to_string)
 }
 
 fn expand_l2(conn: &Connection, m: &mut Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(uuid) = uuid_of(m) {
-        let list = strings(
-            conn,
-            "SELECT cluster_uuid FROM cluster_l2_network WHERE l2_uuid = ?1 ORDER BY rowid",
-            &uuid,
-        )?;
-        m.insert("attachedClusterUuids".into(), Value::from(list));
-    }
-    Ok(())
+    super::add_list(
+        conn,
+        m,
+        "attachedClusterUuids",
+        "SELECT cluster_uuid FROM cluster_l2_network WHERE l2_uuid = ?1 ORDER BY rowid",
+    )
 }
 
 pub const L3: Table = Table {
@@ -304,15 +295,12 @@ pub const NSP: Table = Table {
 };
 
 fn expand_nsp(conn: &Connection, m: &mut Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(uuid) = uuid_of(m) {
-        let list = strings(
-            conn,
-            "SELECT service_type FROM network_service_type WHERE provider_uuid = ?1 ORDER BY rowid",
-            &uuid,
-        )?;
-        m.insert("networkServiceTypes".into(), Value::from(list));
-    }
-    Ok(())
+    super::add_list(
+        conn,
+        m,
+        "networkServiceTypes",
+        "SELECT service_type FROM network_service_type WHERE provider_uuid = ?1 ORDER BY rowid",
+    )
 }
 
 pub const VIP: Table = Table {
@@ -682,7 +670,7 @@ fn services(c: &Call) -> Result<Vec<(String, String)>, ApiError> {
     })?;
     let mut out = Vec::new();
     for (provider, types) in obj {
-        let offered = strings(
+        let offered = super::strings(
             c.conn,
             "SELECT service_type FROM network_service_type WHERE provider_uuid = ?1",
             provider,
@@ -760,7 +748,7 @@ fn detach_services(c: &Call) -> Result<Value, ApiError> {
 
 /// The services enabled on an L3 network.
 pub fn l3_services(conn: &Connection, l3: &str) -> Result<Vec<String>, ApiError> {
-    strings(
+    super::strings(
         conn,
         "SELECT service_type FROM l3_network_service WHERE l3_uuid = ?1 ORDER BY rowid",
         l3,

@@ -135,16 +135,12 @@ pub const PRIMARY_STORAGE: Table = Table {
 };
 
 fn expand_ps(conn: &Connection, m: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(uuid) = m.get("uuid").and_then(Value::as_str).map(str::to_string) {
-        let mut st = conn.prepare_cached(
-            "SELECT cluster_uuid FROM cluster_primary_storage WHERE primary_storage_uuid = ?1 ORDER BY rowid",
-        )?;
-        let list = st
-            .query_map([&uuid], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        m.insert("attachedClusterUuids".into(), Value::from(list));
-    }
-    Ok(())
+    super::add_list(
+        conn,
+        m,
+        "attachedClusterUuids",
+        "SELECT cluster_uuid FROM cluster_primary_storage WHERE primary_storage_uuid = ?1 ORDER BY rowid",
+    )
 }
 
 pub const BACKUP_STORAGE: Table = Table {
@@ -167,16 +163,12 @@ pub const BACKUP_STORAGE: Table = Table {
 };
 
 fn expand_bs(conn: &Connection, m: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(uuid) = m.get("uuid").and_then(Value::as_str).map(str::to_string) {
-        let mut st = conn.prepare_cached(
-            "SELECT zone_uuid FROM zone_backup_storage WHERE backup_storage_uuid = ?1 ORDER BY rowid",
-        )?;
-        let list = st
-            .query_map([&uuid], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        m.insert("attachedZoneUuids".into(), Value::from(list));
-    }
-    Ok(())
+    super::add_list(
+        conn,
+        m,
+        "attachedZoneUuids",
+        "SELECT zone_uuid FROM zone_backup_storage WHERE backup_storage_uuid = ?1 ORDER BY rowid",
+    )
 }
 
 /// An absolute, normalised path that is not a system directory.
