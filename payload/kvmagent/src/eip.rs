@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use zstack_common::agent_proto::EipSpec;
 use zstack_common::templates::Templates;
 
+use crate::bridge::{ensure_bridge, link, missing_device, LinkInfo};
 use crate::host::{HostError, HostTools};
 use crate::vm::{bridge_name, tap_name};
 
@@ -305,14 +306,6 @@ fn bridge_table_lock() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------------
 // Reading the host.
 
-/// What `ip -o link show dev X` tells about a link.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct LinkInfo {
-    up: bool,
-    master: Option<String>,
-    alias: Option<String>,
-}
-
 impl LinkInfo {
     /// The VIP uuid in a `zstack-eip vip=<uuid> ...` alias.
     fn owner(&self) -> Option<&str> {
@@ -336,51 +329,8 @@ impl LinkInfo {
     }
 }
 
-/// Parses one line of `ip -o link show`:
-/// `7: eipx@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master br_x state UP
-/// mode DEFAULT group default qlen 1000\    link/ether .. brd .. link-netns ns\    alias text`.
-fn parse_link(line: &str) -> LinkInfo {
-    let mut parts = line.split('\\');
-    let head = parts.next().unwrap_or_default();
-    let flags = head
-        .split_once('<')
-        .and_then(|(_, rest)| rest.split_once('>'))
-        .map(|(f, _)| f)
-        .unwrap_or_default();
-    let mut words = head.split_whitespace();
-    let mut master = None;
-    while let Some(w) = words.next() {
-        if w == "master" {
-            master = words.next().map(str::to_string);
-        }
-    }
-    let alias = parts
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("alias "))
-        .map(|a| a.trim().to_string());
-    LinkInfo {
-        up: flags.split(',').any(|f| f == "UP"),
-        master,
-        alias,
-    }
-}
-
-fn missing_device(e: &HostError) -> bool {
-    matches!(e, HostError::Failed { message, .. }
-        if message.contains("does not exist") || message.contains("Cannot find device"))
-}
-
 fn host_err(e: HostError) -> String {
     e.message()
-}
-
-/// The host's link `name`, or None.
-fn link(tools: &dyn HostTools, name: &str) -> Result<Option<LinkInfo>, String> {
-    match tools.run("ip", &["-o", "link", "show", "dev", name]) {
-        Ok(out) => Ok(Some(parse_link(out.lines().next().unwrap_or_default()))),
-        Err(e) if missing_device(&e) => Ok(None),
-        Err(e) => Err(e.message()),
-    }
 }
 
 /// Runs `program args` inside the namespace at `netns`.
@@ -674,8 +624,8 @@ fn apply_locked(
     plan: &Plan,
     made: &mut Vec<Made>,
 ) -> Result<(), String> {
-    let public_bridge = ensure_bridge(tools, &plan.public_interface, made)?;
-    let vm_bridge = ensure_bridge(tools, &plan.vm_interface, made)?;
+    let public_bridge = bridge_for(tools, &plan.public_interface, made)?;
+    let vm_bridge = bridge_for(tools, &plan.vm_interface, made)?;
 
     let netns = plan.netns_path();
     if !netns.exists() {
@@ -806,57 +756,20 @@ fn apply_locked(
     Ok(())
 }
 
-/// The bridge `br_<interface>`, made and up; the physical interface joins it when it exists and
-/// carries no address (as the VM code does: moving a host's address is the operator's decision).
-fn ensure_bridge(
+/// The bridge of `interface` (made if missing), recorded for the undo when this call made it.
+fn bridge_for(
     tools: &dyn HostTools,
     interface: &str,
     made: &mut Vec<Made>,
 ) -> Result<String, String> {
-    let bridge = bridge_name(interface);
-    let existing = link(tools, &bridge)?;
-    if existing.is_none() {
-        tools
-            .run("ip", &["link", "add", "name", &bridge, "type", "bridge"])
-            .map_err(host_err)?;
-    }
-    let mut enslaved = None;
-    if let Some(phys) = link(tools, interface)? {
-        if phys.master.as_deref() != Some(bridge.as_str()) {
-            let addrs = tools
-                .run("ip", &["-o", "addr", "show", "dev", interface])
-                .map_err(host_err)?;
-            if addrs.lines().any(|l| l.contains(" inet")) {
-                if existing.is_none() {
-                    let _ = tools.run("ip", &["link", "delete", "dev", &bridge]);
-                }
-                return Err(format!(
-                    "{interface} carries addresses, so it cannot join bridge {bridge} without \
-                     cutting the host off; create {bridge} holding those addresses with \
-                     {interface} enslaved, then retry"
-                ));
-            }
-            tools
-                .run(
-                    "ip",
-                    &["link", "set", "dev", interface, "master", &bridge, "up"],
-                )
-                .map_err(host_err)?;
-            enslaved = Some(interface.to_string());
-        }
-    }
-    if existing.is_none() {
+    let b = ensure_bridge(tools, interface).map_err(|e| e.to_string())?;
+    if b.created {
         made.push(Made::Bridge {
-            name: bridge.clone(),
-            enslaved,
+            name: b.name.clone(),
+            enslaved: b.enslaved,
         });
     }
-    if !existing.as_ref().is_some_and(|l| l.up) {
-        tools
-            .run("ip", &["link", "set", "dev", &bridge, "up"])
-            .map_err(host_err)?;
-    }
-    Ok(bridge)
+    Ok(b.name)
 }
 
 /// The veth pair `port` (host end, a port of `bridge`, up, with `alias`) / `inner` (in the
@@ -1022,6 +935,7 @@ fn remove_locked(tools: &dyn HostTools, templates: &Templates, plan: &Plan) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::parse_link;
     use std::collections::HashMap;
     use zstack_common::agent_proto::NicSpec;
 

@@ -9,6 +9,7 @@
 //! The agent keeps no state of its own: the management node's database is the record, and a
 //! restart of the agent leaves every VM running (they are libvirt's processes).
 
+pub mod bridge;
 pub mod eip;
 pub mod flat;
 pub mod host;

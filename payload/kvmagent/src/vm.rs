@@ -234,40 +234,15 @@ impl VmHost<'_> {
         }
     }
 
-    /// The bridge of an L2 network: made if missing. The physical interface joins it only when
-    /// it carries no address: moving a host's address is the operator's decision.
+    /// The bridge of an L2 network (see `bridge.rs`).
     fn ensure_bridge(&self, interface: &str) -> Result<String, Refusal> {
-        let br = bridge_name(interface);
-        if self.tools.run("ip", &["link", "show", "dev", &br]).is_err() {
-            self.tools
-                .run("ip", &["link", "add", "name", &br, "type", "bridge"])?;
-        }
-        self.tools.run("ip", &["link", "set", "dev", &br, "up"])?;
-        if let Ok(link) = self
-            .tools
-            .run("ip", &["-o", "link", "show", "dev", interface])
-        {
-            if !link.contains(&format!("master {br}")) {
-                let addrs = self
-                    .tools
-                    .run("ip", &["-o", "addr", "show", "dev", interface])?;
-                if addrs.lines().any(|l| l.contains(" inet")) {
-                    return Err(Refusal::new(
-                        "BRIDGE_NEEDS_SETUP",
-                        format!(
-                            "{interface} carries addresses, so it cannot join bridge {br} without \
-                             cutting the host off; create {br} holding those addresses with \
-                             {interface} enslaved, then retry"
-                        ),
-                    ));
-                }
-                self.tools
-                    .run("ip", &["link", "set", "dev", interface, "master", &br])?;
-                self.tools
-                    .run("ip", &["link", "set", "dev", interface, "up"])?;
-            }
-        }
-        Ok(br)
+        use crate::bridge::BridgeError;
+        crate::bridge::ensure_bridge(self.tools, interface)
+            .map(|b| b.name)
+            .map_err(|e| match e {
+                BridgeError::Addressed { .. } => Refusal::new("BRIDGE_NEEDS_SETUP", e.to_string()),
+                BridgeError::Host(m) => Refusal::new("HOST_COMMAND_FAILED", m),
+            })
     }
 
     fn write_xml(&self, name: &str, xml: &str) -> Result<PathBuf, Refusal> {
