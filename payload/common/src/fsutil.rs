@@ -120,6 +120,17 @@ fn temp_sibling(path: &Path) -> PathBuf {
     parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// (total, available to unprivileged users) bytes of the filesystem holding `dir`, as the
+/// management node and the agents report storage capacity.
+pub fn fs_capacity(dir: &Path) -> io::Result<(i64, i64)> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    let frag = st.fragment_size() as i64;
+    Ok((
+        (st.blocks() as i64).saturating_mul(frag),
+        (st.blocks_available() as i64).saturating_mul(frag),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

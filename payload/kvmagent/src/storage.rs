@@ -122,12 +122,11 @@ pub fn check_shared_mount_point(req: &CheckStorage) -> Result<StorageCapacity, S
 }
 
 pub fn capacity(dir: &Path) -> Result<StorageCapacity, String> {
-    let st =
-        nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
-    let frag = st.fragment_size() as i64;
+    let (total_capacity, available_capacity) = zstack_common::fsutil::fs_capacity(dir)
+        .map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
     Ok(StorageCapacity {
-        total_capacity: (st.blocks() as i64).saturating_mul(frag),
-        available_capacity: (st.blocks_available() as i64).saturating_mul(frag),
+        total_capacity,
+        available_capacity,
     })
 }
 

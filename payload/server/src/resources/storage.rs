@@ -446,17 +446,12 @@ fn delete_ps(c: &Call) -> Result<Value, ApiError> {
 
 /// (total, available) bytes of the filesystem holding `dir`.
 pub fn fs_capacity(dir: &std::path::Path) -> Result<(i64, i64), ApiError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+    zstack_common::fsutil::fs_capacity(dir).map_err(|e| {
         ApiError::internal(format!(
             "cannot read the capacity of {}: {e}",
             dir.display()
         ))
-    })?;
-    let frag = st.fragment_size() as i64;
-    Ok((
-        (st.blocks() as i64).saturating_mul(frag),
-        (st.blocks_available() as i64).saturating_mul(frag),
-    ))
+    })
 }
 
 fn add_bs(c: &Call) -> Result<Value, ApiError> {
