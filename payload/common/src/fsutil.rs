@@ -131,6 +131,37 @@ pub fn fs_capacity(dir: &Path) -> io::Result<(i64, i64)> {
     ))
 }
 
+/// Which side of [`copy_hashing`] failed: the source (a download, a file being read) or the
+/// file written.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `reader` into a new file `to`, computing the sha256 of what passes, and syncs it.
+/// Returns the number of bytes and the hex sha256. Images are copied this way once, whatever
+/// their size: the hash costs no second read.
+pub fn copy_hashing(reader: &mut dyn std::io::Read, to: &Path) -> Result<(u64, String), CopyError> {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut out = fs::File::create(to).map_err(CopyError::Write)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(CopyError::Read)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+    out.sync_all().map_err(CopyError::Write)?;
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

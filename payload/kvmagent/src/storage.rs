@@ -6,11 +6,9 @@
 //! carry the storage's id file: the first check writes it, every later check (on any host)
 //! requires it, which also catches a different filesystem mounted at the same path.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use zstack_common::agent_proto::{CheckStorage, StorageCapacity};
 
 use crate::host::HostTools;
@@ -190,25 +188,14 @@ pub fn ensure_cached_image(
         .call()
         .map_err(|e| format!("cannot download the image from {url}: {e}"))?;
     let part = dir.join(".download.part");
-    let mut out = std::fs::File::create(&part)
-        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
     let mut reader = resp.into_reader();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| format!("downloading {url}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
-    }
-    out.sync_all()
-        .map_err(|e| format!("cannot sync {}: {e}", part.display()))?;
-    let got = hex::encode(hasher.finalize());
+    let (_, got) =
+        zstack_common::fsutil::copy_hashing(&mut reader, &part).map_err(|e| match e {
+            zstack_common::fsutil::CopyError::Read(e) => format!("downloading {url}: {e}"),
+            zstack_common::fsutil::CopyError::Write(e) => {
+                format!("cannot write {}: {e}", part.display())
+            }
+        })?;
     if let Some(want) = sha256 {
         if got != want {
             let _ = std::fs::remove_file(&part);

@@ -3,12 +3,12 @@
 //! while its sha256 is computed; a qcow2 image must look like one, and its virtual size becomes
 //! the size of the root volumes made from it. Agents fetch images from the management node.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use zstack_common::fsutil::CopyError;
 
 use crate::api::{exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
@@ -212,31 +212,23 @@ fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
             }
         };
     let part = part_path(dest);
-    let mut out = std::fs::File::create(&part)
-        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", part.display())))?;
-    let mut hasher = Sha256::new();
-    let mut head = Vec::with_capacity(512);
-    let mut total: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| ApiError::invalid("url", format!("reading the image failed: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        if head.len() < 512 {
-            let take = (512 - head.len()).min(n);
-            head.extend_from_slice(&buf[..take]);
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", part.display())))?;
-        total += n as i64;
-    }
+    let (total, sha256) =
+        zstack_common::fsutil::copy_hashing(&mut *reader, &part).map_err(|e| match e {
+            CopyError::Read(e) => {
+                ApiError::invalid("url", format!("reading the image failed: {e}"))
+            }
+            CopyError::Write(e) => {
+                ApiError::internal(format!("cannot write {}: {e}", part.display()))
+            }
+        })?;
     if total == 0 {
         return Err(ApiError::invalid("url", "the image is empty"));
     }
+    let total = total as i64;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(&part)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", part.display())))?;
     let virtual_size = match format {
         "qcow2" => qcow2_virtual_size(&head).ok_or_else(|| {
             ApiError::invalid(
@@ -246,14 +238,12 @@ fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
         })?,
         _ => total,
     };
-    out.sync_all()
-        .map_err(|e| ApiError::internal(format!("cannot sync {}: {e}", part.display())))?;
     std::fs::rename(&part, dest)
         .map_err(|e| ApiError::internal(format!("cannot rename {}: {e}", part.display())))?;
     Ok(Fetched {
         virtual_size,
         actual_size: total,
-        sha256: hex::encode(hasher.finalize()),
+        sha256,
     })
 }
 
