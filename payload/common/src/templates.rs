@@ -37,6 +37,20 @@ impl Templates {
         Ok(Templates { tera })
     }
 
+    /// Templates given as `(name, text)` pairs: the few a program carries inside itself
+    /// (`include_str!` of a file under `templates/`), for code that renders without a release
+    /// tree at hand.
+    pub fn from_texts(texts: &[(&str, &str)]) -> Result<Self, TemplateError> {
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_templates(texts.iter().copied())
+            .map_err(|e| TemplateError::Load {
+                dir: PathBuf::from("(built in)"),
+                message: error_chain(&e),
+            })?;
+        Ok(Templates { tera })
+    }
+
     /// Renders template `name` (e.g. `systemd/zstack-server.service.tera`) with `context`.
     pub fn render(&self, name: &str, context: &impl Serialize) -> Result<String, TemplateError> {
         let ctx = tera::Context::from_serialize(context).map_err(|e| TemplateError::Render {

@@ -61,10 +61,6 @@ impl VmRecord {
     }
 }
 
-/// The user data a VM is served: its own; else, when it has an ssh key or a root password, a
-/// `#cloud-config` that authorizes the key (for root too, as the original did) and sets the
-/// password from its hash; else none.
-
 /// The records of a VM: one per NIC whose L3 has the Userdata service.
 pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
     let mut out = Vec::new();
@@ -101,7 +97,8 @@ pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
                 spec.user_data.as_deref(),
                 md.ssh_key.as_deref(),
                 md.root_password_hash.as_deref(),
-            ),
+            )
+            .map_err(|e| format!("VM {}: {e}", spec.uuid))?,
             token_required: md.token_required,
         });
     }
