@@ -5,6 +5,7 @@
 
 pub mod agent_proto;
 pub mod fsutil;
+pub mod grammar;
 pub mod health;
 pub mod layout;
 pub mod logfile;

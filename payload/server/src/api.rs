@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
+use zstack_common::grammar::Grammar;
 use zstack_common::suggest::closest;
 
 use crate::error::ApiError;
@@ -22,6 +23,18 @@ pub struct Param {
     pub name: &'static str,
     pub required: bool,
     pub description: &'static str,
+    /// What the value must be, for values that reach a rendered file on a host or the node.
+    pub grammar: Option<Grammar>,
+}
+
+impl Param {
+    /// The value must fit `grammar`; checked before the handler runs.
+    pub const fn is(self, grammar: Grammar) -> Param {
+        Param {
+            grammar: Some(grammar),
+            ..self
+        }
+    }
 }
 
 pub const fn req(name: &'static str, description: &'static str) -> Param {
@@ -29,6 +42,7 @@ pub const fn req(name: &'static str, description: &'static str) -> Param {
         name,
         required: true,
         description,
+        grammar: None,
     }
 }
 pub const fn opt(name: &'static str, description: &'static str) -> Param {
@@ -36,6 +50,7 @@ pub const fn opt(name: &'static str, description: &'static str) -> Param {
         name,
         required: false,
         description,
+        grammar: None,
     }
 }
 
@@ -149,6 +164,26 @@ pub fn check_params(spec: &ApiSpec, params: &Map<String, Value>) -> Result<(), A
             _ => {}
         }
     }
+    for p in spec.params {
+        let (Some(grammar), Some(value)) = (p.grammar, params.get(p.name)) else {
+            continue;
+        };
+        let fits = match value {
+            Value::Null => Ok(()),
+            Value::String(s) => grammar.check(s).map_err(|e| e.0),
+            other => Err(format!("it is {other}, not a string")),
+        };
+        if let Err(fault) = fits {
+            return Err(ApiError::invalid(
+                p.name,
+                format!(
+                    "{} cannot be {value}: {fault}; allowed: {}",
+                    p.name,
+                    grammar.allowed()
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -162,7 +197,13 @@ pub fn reference(release: &semver::Version) -> Value {
                     "description": a.description,
                     "needsSession": a.needs_session,
                     "async": a.is_async(),
-                    "params": a.params.iter().map(|p| json!({"name": p.name, "required": p.required, "description": p.description})).collect::<Vec<_>>(),
+                    "params": a.params.iter().map(|p| {
+                        let mut param = json!({"name": p.name, "required": p.required, "description": p.description});
+                        if let Some(g) = p.grammar {
+                            param["grammar"] = json!({"name": g.name(), "allowed": g.allowed()});
+                        }
+                        param
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect(),
@@ -204,7 +245,11 @@ pub fn reference_markdown() -> String {
                     "| `{}` | {} | {} |\n",
                     p.name,
                     if p.required { "yes" } else { "no" },
-                    p.description.replace('|', "\\|")
+                    match p.grammar {
+                        Some(g) => format!("{}; {}", p.description, g.allowed()),
+                        None => p.description.to_string(),
+                    }
+                    .replace('|', "\\|")
                 ));
             }
         }

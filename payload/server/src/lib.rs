@@ -106,6 +106,46 @@ impl Node {
     }
 }
 
+/// What a node is made from, besides its DB connection and log.
+pub struct NodeConfig {
+    pub release: semver::Version,
+    pub db_path: std::path::PathBuf,
+    pub agent_secret: Option<String>,
+    pub agent_port: u16,
+    pub base_url: String,
+}
+
+impl Node {
+    /// A node over `conn` (the writer connection of the DB at `config.db_path`, already at this
+    /// release's schema and seeded).
+    pub fn new(config: NodeConfig, conn: rusqlite::Connection, log: LogFile) -> Node {
+        Node {
+            release: config.release,
+            db: Mutex::new(conn),
+            readers: ReaderPool::new(&config.db_path),
+            write_slots: tokio::sync::Semaphore::new(WRITERS),
+            job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
+            jobs: job::JobBoard::default(),
+            stopping: tokio::sync::watch::channel(false).0,
+            capacity_refreshed: Mutex::new(None),
+            agent_secret: config.agent_secret,
+            agent_port: config.agent_port,
+            base_url: config.base_url,
+            log,
+        }
+    }
+}
+
+/// The management node's HTTP routes (the service's /health is added by `zstack_http`).
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/apis", get(api_reference))
+        .route("/v1/api/:name", post(call_api))
+        .route("/v1/api-jobs/:uuid", get(get_job))
+        .route("/v1/images/:uuid/download", get(download_image))
+        .with_state(node)
+}
+
 /// Reader connections, opened on demand and kept for the next read.
 pub struct ReaderPool {
     path: std::path::PathBuf,
@@ -201,32 +241,24 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .get(keys::MANAGEMENT_IP)
         .filter(|s| !s.is_empty())
         .unwrap_or("127.0.0.1");
-    let node = Arc::new(Node {
-        release: version,
-        db: Mutex::new(conn),
-        readers: ReaderPool::new(&db_path),
-        write_slots: tokio::sync::Semaphore::new(WRITERS),
-        job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
-        jobs: job::JobBoard::default(),
-        stopping: tokio::sync::watch::channel(false).0,
-        capacity_refreshed: Mutex::new(None),
-        agent_secret: props
-            .get(keys::AGENT_SECRET)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        agent_port,
-        base_url: format!("http://{ip}:{port}"),
-        log: log.clone(),
-    });
+    let node = Arc::new(Node::new(
+        NodeConfig {
+            release: version,
+            db_path: db_path.clone(),
+            agent_secret: props
+                .get(keys::AGENT_SECRET)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            agent_port,
+            base_url: format!("http://{ip}:{port}"),
+        },
+        conn,
+        log.clone(),
+    ));
     if tracks_hosts {
         start_host_tracker(node.clone());
     }
-    let app = Router::new()
-        .route("/v1/apis", get(api_reference))
-        .route("/v1/api/:name", post(call_api))
-        .route("/v1/api-jobs/:uuid", get(get_job))
-        .route("/v1/images/:uuid/download", get(download_image))
-        .with_state(node.clone());
+    let app = router(node.clone());
     zstack_http::serve_until_signal(
         Service::Server,
         &release.version,

@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+use zstack_common::grammar::Grammar;
+
 use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
@@ -25,7 +27,7 @@ pub const APIS: &[ApiSpec] = &[
         params: &[
             req("name", "network name"),
             req("zoneUuid", "the zone"),
-            req("physicalInterface", "the hosts' interface, e.g. eth0"),
+            req("physicalInterface", "the hosts' interface, e.g. eth0").is(Grammar::InterfaceName),
             opt("description", "free text"),
         ],
         handler: Handler::Sync(create_l2),
@@ -72,7 +74,7 @@ pub const APIS: &[ApiSpec] = &[
         params: &[
             req("name", "network name"),
             req("l2NetworkUuid", "the L2 network"),
-            opt("dnsDomain", "DNS domain handed out by DHCP"),
+            opt("dnsDomain", "DNS domain handed out by DHCP").is(Grammar::DnsDomain),
             opt("description", "free text"),
         ],
         handler: Handler::Sync(create_l3),
@@ -109,10 +111,10 @@ pub const APIS: &[ApiSpec] = &[
         params: &[
             req("l3NetworkUuid", "the L3 network"),
             req("name", "range name"),
-            req("startIp", "first address"),
-            req("endIp", "last address"),
-            req("netmask", "e.g. 255.255.255.0"),
-            req("gateway", "the gateway; never handed out"),
+            req("startIp", "first address").is(Grammar::Ipv4),
+            req("endIp", "last address").is(Grammar::Ipv4),
+            req("netmask", "e.g. 255.255.255.0").is(Grammar::Ipv4),
+            req("gateway", "the gateway; never handed out").is(Grammar::Ipv4),
             opt("description", "free text"),
         ],
         handler: Handler::Sync(add_ip_range),
@@ -170,7 +172,8 @@ pub const APIS: &[ApiSpec] = &[
             opt(
                 "requiredIp",
                 "this address, if free (default: any free one)",
-            ),
+            )
+            .is(Grammar::Ipv4),
             opt("description", "free text"),
         ],
         handler: Handler::Sync(create_vip),

@@ -5,6 +5,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
+use zstack_common::grammar::Grammar;
+
 use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
@@ -21,7 +23,7 @@ pub const APIS: &[ApiSpec] = &[
                       on every host of the clusters it is attached to",
         needs_session: true,
         params: &[
-            req("url", "absolute path of the mount point on the hosts"),
+            req("url", "absolute path of the mount point on the hosts").is(Grammar::AbsolutePath),
             req("name", "storage name"),
             req("zoneUuid", "the zone"),
             opt("description", "free text"),
@@ -72,7 +74,8 @@ pub const APIS: &[ApiSpec] = &[
             req(
                 "url",
                 "absolute path of the directory on the management node",
-            ),
+            )
+            .is(Grammar::AbsolutePath),
             req("name", "storage name"),
             opt("description", "free text"),
         ],

@@ -20,6 +20,8 @@ mod volume;
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
+use zstack_common::grammar::Grammar;
+
 use crate::api::{opt, req, ApiSpec, Handler, QUERY_PARAMS};
 use crate::error::ApiError;
 use crate::query::{Query, Table};
@@ -67,7 +69,7 @@ pub const APIS: &[ApiSpec] = &[
                       its networks and to primary storage with room; each NIC gets a free IP",
         needs_session: true,
         params: &[
-            req("name", "VM name"),
+            req("name", "VM name").is(Grammar::Line),
             req("instanceOfferingUuid", "CPUs and memory"),
             req("imageUuid", "a Ready RootVolumeTemplate image"),
             req("l3NetworkUuids", "the L3 networks of its NICs, in order"),
@@ -82,7 +84,8 @@ pub const APIS: &[ApiSpec] = &[
             opt(
                 "sshKey",
                 "an SSH public key: served as public-keys/0/openssh-key, and as a #cloud-config when there is no userData",
-            ),
+            )
+            .is(Grammar::SshPublicKey),
             opt("description", "free text"),
         ],
         handler: Handler::Async(create_vm),
@@ -100,7 +103,7 @@ pub const APIS: &[ApiSpec] = &[
         needs_session: true,
         params: &[
             req("uuid", "the VM"),
-            opt("name", "new name"),
+            opt("name", "new name").is(Grammar::Line),
             opt("description", "new description"),
             opt("userData", "new user data"),
         ],
