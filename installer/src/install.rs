@@ -612,13 +612,10 @@ fn take_lock(layout: &Layout) -> anyhow::Result<InstallerLock> {
         Err((_, _)) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let pid = holder.trim();
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .trim()
-                        .to_string()
-                })
+            let cmd = pid
+                .parse()
+                .ok()
+                .and_then(zstack_common::process::cmdline)
                 .unwrap_or_default();
             bail!(
                 "another ZStack installer is running (pid {pid}{}); wait for it to finish (lock: {})",

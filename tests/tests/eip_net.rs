@@ -564,7 +564,7 @@ fn a_vip_someone_answers_for_is_refused_and_leaves_nothing() {
     let spec = topo.spec(1, "172.31.0.10", &vm);
     let before = eip_state();
 
-    let err = eip::apply(&SystemTools, &t, &spec).unwrap_err();
+    let err = eip::apply(&SystemTools, &t, &spec).unwrap_err().to_string();
     assert!(
         err.contains("172.31.0.10 is already in use") && err.contains("02:5E:00:00:00:99"),
         "{err}"
@@ -586,6 +586,7 @@ impl HostTools for FailingTools {
             return Err(HostError::Failed {
                 command: line,
                 message: "failure injected by the test".into(),
+                status: Some(1),
             });
         }
         SystemTools.run(program, args)
@@ -613,7 +614,9 @@ fn a_failure_half_way_removes_what_the_call_made() {
         "nft -f",
         "link set dev public address",
     ] {
-        let err = eip::apply(&FailingTools { fail_on: step }, &t, &spec).unwrap_err();
+        let err = eip::apply(&FailingTools { fail_on: step }, &t, &spec)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("failure injected"), "{err}");
         assert_eq!(
             before,

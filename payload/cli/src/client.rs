@@ -48,9 +48,11 @@ impl Client {
         Client {
             base: format!("http://{host}:{port}"),
             dir: dir.to_path_buf(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(10))
-                .build(),
+            agent: zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
+                connect: Some(Duration::from_secs(10)),
+                read: None,
+                whole: None,
+            }),
         }
     }
 

@@ -20,10 +20,11 @@ pub struct Health {
 
 /// Asks `url` for a [`Health`] document. `secret`, when given, is sent as the agent secret.
 pub fn fetch(url: &str, secret: Option<&str>, timeout: Duration) -> Result<Health, String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(timeout)
-        .timeout(timeout)
-        .build();
+    let agent = crate::http_client::agent(crate::http_client::Timeouts {
+        connect: Some(timeout),
+        read: None,
+        whole: Some(timeout),
+    });
     let mut req = agent.get(url);
     if let Some(s) = secret {
         req = req.set(AGENT_SECRET_HEADER, s);

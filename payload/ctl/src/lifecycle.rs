@@ -49,23 +49,12 @@ pub struct ServiceStatus {
 
 /// Reads the pid in `file` if that process is alive and is ours.
 pub fn live_pid(file: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    is_ours(pid).then_some(pid)
+    zstack_common::process::live_pid(file, "zstack")
 }
 
 /// True if `pid` runs and is a ZStack program (not a recycled pid of something else).
 pub fn is_ours(pid: u32) -> bool {
-    let Ok(pid_i) = i32::try_from(pid) else {
-        return false;
-    };
-    if kill(Pid::from_raw(pid_i), None).is_err() {
-        return false;
-    }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmd) => String::from_utf8_lossy(&cmd).contains("zstack"),
-        Err(_) => false,
-    }
+    zstack_common::process::runs(pid, "zstack")
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<std::process::Output> {

@@ -41,18 +41,20 @@ pub(crate) fn parse_link(line: &str) -> LinkInfo {
     }
 }
 
-pub(crate) fn missing_device(e: &HostError) -> bool {
-    matches!(e, HostError::Failed { message, .. }
-        if message.contains("does not exist") || message.contains("Cannot find device"))
+/// The name a line of `ip -o link show` is about: `7: eipx@if2: <...` -> `eipx`.
+fn link_name(line: &str) -> Option<&str> {
+    let word = line.split_whitespace().nth(1)?.strip_suffix(':')?;
+    word.split('@').next()
 }
 
-/// The host's link `name`, or None.
-pub(crate) fn link(tools: &dyn HostTools, name: &str) -> Result<Option<LinkInfo>, String> {
-    match tools.run("ip", &["-o", "link", "show", "dev", name]) {
-        Ok(out) => Ok(Some(parse_link(out.lines().next().unwrap_or_default()))),
-        Err(e) if missing_device(&e) => Ok(None),
-        Err(e) => Err(e.message()),
-    }
+/// The host's link `name`, or None: looked up in the list of every link, so a missing link is
+/// told by the list and not by the words of an error.
+pub(crate) fn link(tools: &dyn HostTools, name: &str) -> Result<Option<LinkInfo>, HostError> {
+    let out = tools.run("ip", &["-o", "link", "show"])?;
+    Ok(out
+        .lines()
+        .find(|l| link_name(l) == Some(name))
+        .map(parse_link))
 }
 
 /// A bridge [`ensure_bridge`] answered for: made by this call or there already.
@@ -64,12 +66,12 @@ pub(crate) struct EnsuredBridge {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum BridgeError {
+pub enum BridgeError {
     /// The physical interface holds addresses: joining it would cut the host off.
     #[error("{interface} carries addresses, so it cannot join bridge {bridge} without cutting the host off; create {bridge} holding those addresses with {interface} enslaved, then retry")]
     Addressed { interface: String, bridge: String },
-    #[error("{0}")]
-    Host(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 /// The bridge `br_<interface>` of an L2 network, made and up; the physical interface joins it
@@ -80,20 +82,15 @@ pub(crate) fn ensure_bridge(
     tools: &dyn HostTools,
     interface: &str,
 ) -> Result<EnsuredBridge, BridgeError> {
-    let host = |e: HostError| BridgeError::Host(e.message());
     let bridge = bridge_name(interface);
-    let existing = link(tools, &bridge).map_err(BridgeError::Host)?;
+    let existing = link(tools, &bridge)?;
     if existing.is_none() {
-        tools
-            .run("ip", &["link", "add", "name", &bridge, "type", "bridge"])
-            .map_err(host)?;
+        tools.run("ip", &["link", "add", "name", &bridge, "type", "bridge"])?;
     }
     let mut enslaved = None;
-    if let Some(phys) = link(tools, interface).map_err(BridgeError::Host)? {
+    if let Some(phys) = link(tools, interface)? {
         if phys.master.as_deref() != Some(bridge.as_str()) {
-            let addrs = tools
-                .run("ip", &["-o", "addr", "show", "dev", interface])
-                .map_err(host)?;
+            let addrs = tools.run("ip", &["-o", "addr", "show", "dev", interface])?;
             if addrs.lines().any(|l| l.contains(" inet")) {
                 if existing.is_none() {
                     let _ = tools.run("ip", &["link", "delete", "dev", &bridge]);
@@ -103,19 +100,15 @@ pub(crate) fn ensure_bridge(
                     bridge,
                 });
             }
-            tools
-                .run(
-                    "ip",
-                    &["link", "set", "dev", interface, "master", &bridge, "up"],
-                )
-                .map_err(host)?;
+            tools.run(
+                "ip",
+                &["link", "set", "dev", interface, "master", &bridge, "up"],
+            )?;
             enslaved = Some(interface.to_string());
         }
     }
     if !existing.as_ref().is_some_and(|l| l.up) {
-        tools
-            .run("ip", &["link", "set", "dev", &bridge, "up"])
-            .map_err(host)?;
+        tools.run("ip", &["link", "set", "dev", &bridge, "up"])?;
     }
     Ok(EnsuredBridge {
         name: bridge,

@@ -31,6 +31,7 @@
 //! command would cost twice what it did with one. nsenter only enters the network namespace
 //! (sysctl's /proc/sys/net follows the network namespace, so it works there too).
 
+use crate::file_error::file_error;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -42,10 +43,77 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use zstack_common::agent_proto::EipSpec;
-use zstack_common::templates::Templates;
+use zstack_common::templates::{TemplateError, Templates};
 
-use crate::bridge::{ensure_bridge, link, missing_device, LinkInfo};
+use crate::bridge::BridgeError;
+use crate::bridge::{ensure_bridge, link, LinkInfo};
 use crate::host::{HostError, HostTools};
+pub use crate::netaddr::prefix_len;
+use crate::netaddr::{ipv4, AddressError};
+
+/// Why an EIP is refused or cannot be applied or removed on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum EipError {
+    #[error("VIP uuid {0:?} is not a uuid (letters, digits and dashes)")]
+    VipUuid(String),
+    #[error("VIP uuid {0:?} is too short to name the EIP's interfaces")]
+    VipUuidTooShort(String),
+    #[error("{what} {name:?} cannot name a bridge: 1 to 12 letters, digits, '-', '_' or '.'")]
+    Interface { what: &'static str, name: String },
+    #[error("NIC uuid {0:?} is not a uuid")]
+    NicUuid(String),
+    #[error("a netmask of /0 leaves no gateway to route through")]
+    ZeroPrefix,
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+    #[error("cannot set up the host's EIP bridge rules: {0}")]
+    BridgeRules(HostError),
+    #[error("cannot load the EIP's NAT rules: {0}")]
+    NatRules(HostError),
+    #[error("interface name {port} is taken by the EIP of VIP {owner}, whose uuid starts like {vip}'s; this host cannot hold both")]
+    PortTaken {
+        port: String,
+        owner: String,
+        vip: String,
+    },
+    #[error("interface {0} exists and is not an EIP's; remove it, then retry")]
+    ForeignPort(String),
+    #[error("VIP {vip} is already in use on the public network of {bridge}: {answers}; refusing to take it")]
+    VipInUse {
+        vip: String,
+        bridge: String,
+        answers: String,
+    },
+    #[error("cannot apply EIP {eip} (VIP {vip}): {source}{}", undo_failures(.undo))]
+    Apply {
+        eip: String,
+        vip: Ipv4Addr,
+        source: Box<EipError>,
+        undo: Vec<EipError>,
+    },
+    #[error("cannot remove EIP {eip} (VIP {vip}): {source}")]
+    Remove {
+        eip: String,
+        vip: Ipv4Addr,
+        source: Box<EipError>,
+    },
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+fn undo_failures(undo: &[EipError]) -> String {
+    if undo.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = undo.iter().map(ToString::to_string).collect();
+    format!("; undoing it failed too: {}", list.join("; "))
+}
 use crate::vm::{bridge_name, tap_name};
 
 /// Where `ip netns add` puts its names.
@@ -73,15 +141,13 @@ pub fn namespace_name(vip_uuid: &str) -> String {
 
 /// The 11 lowercase characters of the VIP uuid that name its host ports; refuses a uuid that has
 /// fewer or holds characters an interface name should not.
-fn port_key(vip_uuid: &str) -> Result<String, String> {
+fn port_key(vip_uuid: &str) -> Result<String, EipError> {
     if vip_uuid.is_empty()
         || !vip_uuid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(format!(
-            "VIP uuid {vip_uuid:?} is not a uuid (letters, digits and dashes)"
-        ));
+        return Err(EipError::VipUuid(vip_uuid.to_string()));
     }
     let key: String = vip_uuid
         .chars()
@@ -90,9 +156,7 @@ fn port_key(vip_uuid: &str) -> Result<String, String> {
         .take(PORT_KEY_LEN)
         .collect();
     if key.len() < PORT_KEY_LEN {
-        return Err(format!(
-            "VIP uuid {vip_uuid:?} is too short to name the EIP's interfaces"
-        ));
+        return Err(EipError::VipUuidTooShort(vip_uuid.to_string()));
     }
     Ok(key)
 }
@@ -103,12 +167,12 @@ fn port_key(vip_uuid: &str) -> Result<String, String> {
 /// among 1,000 random VIPs) would want the same names; the ports carry their owner in their alias
 /// (`zstack-eip vip=<uuid> ...`), so the second is refused with a clear error, and neither
 /// `apply` nor `remove` ever touches a port another VIP owns.
-pub fn public_port_name(vip_uuid: &str) -> Result<String, String> {
+pub fn public_port_name(vip_uuid: &str) -> Result<String, EipError> {
     Ok(format!("eip{}p", port_key(vip_uuid)?))
 }
 
 /// The host end of the gateway veth: `eip<11 chars of the VIP uuid>g`.
-pub fn gateway_port_name(vip_uuid: &str) -> Result<String, String> {
+pub fn gateway_port_name(vip_uuid: &str) -> Result<String, EipError> {
     Ok(format!("eip{}g", port_key(vip_uuid)?))
 }
 
@@ -137,33 +201,8 @@ pub fn gateway_mac(vip_uuid: &str) -> String {
     derived_mac("gateway", vip_uuid)
 }
 
-/// A dotted netmask (`255.255.255.0`) or a prefix length (`24`) as a prefix length.
-pub fn prefix_len(netmask: &str) -> Result<u8, String> {
-    if let Ok(n) = netmask.parse::<u8>() {
-        return if n <= 32 {
-            Ok(n)
-        } else {
-            Err(format!("netmask /{n} is longer than 32 bits"))
-        };
-    }
-    let mask: Ipv4Addr = netmask
-        .parse()
-        .map_err(|_| format!("netmask {netmask:?} is neither a dotted mask nor a prefix length"))?;
-    let bits = u32::from(mask);
-    let ones = bits.leading_ones();
-    if bits.checked_shl(ones).unwrap_or(0) != 0 {
-        return Err(format!("netmask {netmask} is not contiguous"));
-    }
-    Ok(ones as u8)
-}
-
-fn ipv4(what: &str, s: &str) -> Result<Ipv4Addr, String> {
-    s.parse()
-        .map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
-}
-
 /// An interface name the bridge `br_<name>` can be made from.
-fn check_interface(what: &str, name: &str) -> Result<(), String> {
+fn check_interface(what: &'static str, name: &str) -> Result<(), EipError> {
     let ok = !name.is_empty()
         && bridge_name(name).len() <= 15
         && name
@@ -172,9 +211,10 @@ fn check_interface(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {name:?} cannot name a bridge: 1 to 12 letters, digits, '-', '_' or '.'"
-        ))
+        Err(EipError::Interface {
+            what,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -219,7 +259,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(spec: &EipSpec) -> Result<Plan, String> {
+    fn new(spec: &EipSpec) -> Result<Plan, EipError> {
         let nic = &spec.nic;
         check_interface("public interface", &spec.public_interface)?;
         check_interface("NIC's physical interface", &nic.physical_interface)?;
@@ -229,7 +269,7 @@ impl Plan {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(format!("NIC uuid {:?} is not a uuid", nic.uuid));
+            return Err(EipError::NicUuid(nic.uuid.clone()));
         }
         let plan = Plan {
             vip_uuid: spec.vip_uuid.clone(),
@@ -253,7 +293,7 @@ impl Plan {
             gateway_mac: gateway_mac(&spec.vip_uuid),
         };
         if plan.vip_prefix == 0 || plan.gateway_prefix == 0 {
-            return Err("a netmask of /0 leaves no gateway to route through".into());
+            return Err(EipError::ZeroPrefix);
         }
         Ok(plan)
     }
@@ -329,10 +369,6 @@ impl LinkInfo {
     }
 }
 
-fn host_err(e: HostError) -> String {
-    e.message()
-}
-
 /// Runs `program args` inside the namespace at `netns`.
 fn in_ns(
     tools: &dyn HostTools,
@@ -347,14 +383,13 @@ fn in_ns(
 }
 
 /// The IPv4 addresses (`a.b.c.d/len`) of `dev` in the namespace.
-fn ns_addresses(tools: &dyn HostTools, netns: &Path, dev: &str) -> Result<Vec<String>, String> {
+fn ns_addresses(tools: &dyn HostTools, netns: &Path, dev: &str) -> Result<Vec<String>, EipError> {
     let out = in_ns(
         tools,
         netns,
         "ip",
         &["-o", "-4", "addr", "show", "dev", dev],
-    )
-    .map_err(host_err)?;
+    )?;
     Ok(parse_addresses(&out))
 }
 
@@ -369,23 +404,31 @@ fn parse_addresses(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// What `arping -D` answers: Ok(()) when nobody claimed the address, Err(the answers) otherwise.
-fn duplicate_answers(result: Result<String, HostError>) -> Result<Result<(), Vec<String>>, String> {
+/// What `arping -D` answers: Ok(()) when nobody claimed the address (exit 0), Err(the answers)
+/// when someone did (exit 1: a reply came); any other failure is an error.
+fn duplicate_answers(
+    result: Result<String, HostError>,
+) -> Result<Result<(), Vec<String>>, HostError> {
     match result {
         Ok(_) => Ok(Ok(())),
-        Err(HostError::Failed { message, command }) => {
+        Err(HostError::Failed {
+            message,
+            status: Some(1),
+            ..
+        }) => {
+            // The replies, for the operator; the exit status decided.
             let answers: Vec<String> = message
                 .lines()
                 .filter(|l| l.contains("reply from"))
                 .map(|l| l.trim().to_string())
                 .collect();
-            if answers.is_empty() {
-                Err(format!("{command} failed: {message}"))
+            Ok(Err(if answers.is_empty() {
+                vec![message.trim().to_string()]
             } else {
-                Ok(Err(answers))
-            }
+                answers
+            }))
         }
-        Err(e) => Err(e.message()),
+        Err(e) => Err(e),
     }
 }
 
@@ -398,7 +441,7 @@ static NFT_FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 struct NftFile(PathBuf);
 
 impl NftFile {
-    fn write(text: &str) -> Result<NftFile, String> {
+    fn write(text: &str) -> Result<NftFile, EipError> {
         let path = std::env::temp_dir().join(format!(
             "zstack-eip-{}-{}.nft",
             std::process::id(),
@@ -409,10 +452,10 @@ impl NftFile {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            .map_err(file_error("create", &path))?;
         let file = NftFile(path);
         f.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", file.0.display()))?;
+            .map_err(file_error("write", &file.0))?;
         Ok(file)
     }
 
@@ -427,8 +470,8 @@ impl Drop for NftFile {
     }
 }
 
-fn render(templates: &Templates, name: &str, ctx: &serde_json::Value) -> Result<String, String> {
-    templates.render(name, ctx).map_err(|e| e.to_string())
+fn render(templates: &Templates, name: &str, ctx: &serde_json::Value) -> Result<String, EipError> {
+    Ok(templates.render(name, ctx)?)
 }
 
 /// The elements of `entries`, `ops` in turn (`["add"]`, or `["add", "delete"]` to remove).
@@ -436,7 +479,7 @@ fn render_elements(
     templates: &Templates,
     ops: &[&str],
     entries: &[GatewayEntry],
-) -> Result<String, String> {
+) -> Result<String, EipError> {
     let ports: BTreeSet<&str> = entries.iter().map(|e| e.port.as_str()).collect();
     let port_taps: BTreeSet<(&str, &str)> = entries
         .iter()
@@ -463,7 +506,7 @@ fn add_bridge_elements(
     tools: &dyn HostTools,
     templates: &Templates,
     entry: &GatewayEntry,
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let elements = render_elements(templates, &["add"], std::slice::from_ref(entry))?;
     let _table = bridge_table_lock();
     // The usual case costs one small transaction; the table's definition is loaded only when
@@ -477,7 +520,7 @@ fn add_bridge_elements(
     tools
         .run("nft", &["-f", &file.path()])
         .map(|_| ())
-        .map_err(|e| format!("cannot set up the host's EIP bridge rules: {}", e.message()))
+        .map_err(EipError::BridgeRules)
 }
 
 /// Removes elements from the host's bridge table (tolerating a table that is not there).
@@ -485,34 +528,53 @@ fn remove_bridge_elements(
     tools: &dyn HostTools,
     templates: &Templates,
     entries: &[GatewayEntry],
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let text = render_elements(templates, &["add", "delete"], entries)?;
     let _table = bridge_table_lock();
-    let file = NftFile::write(&text)?;
-    match tools.run("nft", &["-f", &file.path()]) {
-        Ok(_) => Ok(()),
-        Err(e) if no_such_table(&e) => Ok(()),
-        Err(e) => Err(e.message()),
+    if !bridge_table_exists(tools) {
+        return Ok(());
     }
+    let file = NftFile::write(&text)?;
+    tools
+        .run("nft", &["-f", &file.path()])
+        .map(|_| ())
+        .map_err(EipError::from)
+}
+
+/// Whether the host's EIP bridge table is loaded (told by `nft list`'s exit status).
+fn bridge_table_exists(tools: &dyn HostTools) -> bool {
+    tools
+        .run("nft", &["list", "table", "bridge", BRIDGE_TABLE])
+        .is_ok()
 }
 
 /// Drops the host's bridge table once no EIP namespace is left on this host. A namespace is made
 /// before its elements are added, and both this and the adding hold the table's lock, so a table
 /// dropped here is never one that an apply in flight counts on (it would make the table again).
-fn drop_bridge_table_if_unused(tools: &dyn HostTools) -> Result<(), String> {
+fn drop_bridge_table_if_unused(tools: &dyn HostTools) -> Result<(), EipError> {
     let _table = bridge_table_lock();
     if any_eip_namespace() {
         return Ok(());
     }
-    match tools.run("nft", &["delete", "table", "bridge", BRIDGE_TABLE]) {
-        Ok(_) => Ok(()),
-        Err(e) if no_such_table(&e) => Ok(()),
-        Err(e) => Err(e.message()),
-    }
-}
-
-fn no_such_table(e: &HostError) -> bool {
-    matches!(e, HostError::Failed { message, .. } if message.contains("No such file or directory"))
+    // "add, then delete" in one transaction: the table is gone afterwards whether it was there
+    // or not, without reading an error's words.
+    tools
+        .run(
+            "nft",
+            &[
+                "add",
+                "table",
+                "bridge",
+                BRIDGE_TABLE,
+                ";",
+                "delete",
+                "table",
+                "bridge",
+                BRIDGE_TABLE,
+            ],
+        )
+        .map(|_| ())
+        .map_err(EipError::from)
 }
 
 fn any_eip_namespace() -> bool {
@@ -541,7 +603,7 @@ enum Made {
     Elements(GatewayEntry),
 }
 
-fn undo(tools: &dyn HostTools, templates: &Templates, made: Vec<Made>) -> Vec<String> {
+fn undo(tools: &dyn HostTools, templates: &Templates, made: Vec<Made>) -> Vec<EipError> {
     let mut failures = Vec::new();
     let had_elements = made.iter().any(|m| matches!(m, Made::Elements(_)));
     for m in made.into_iter().rev() {
@@ -550,11 +612,11 @@ fn undo(tools: &dyn HostTools, templates: &Templates, made: Vec<Made>) -> Vec<St
             Made::Link(name) => tools
                 .run("ip", &["link", "delete", "dev", name])
                 .map(|_| ())
-                .map_err(host_err),
+                .map_err(EipError::from),
             Made::Namespace(ns) => tools
                 .run("ip", &["netns", "delete", ns])
                 .map(|_| ())
-                .map_err(host_err),
+                .map_err(EipError::from),
             Made::Bridge { name, enslaved } => undo_bridge(tools, name, enslaved.as_deref()),
         };
         if let Err(e) = r {
@@ -570,10 +632,12 @@ fn undo(tools: &dyn HostTools, templates: &Templates, made: Vec<Made>) -> Vec<St
 }
 
 /// A bridge this call made goes, unless something else joined it meanwhile (a VM's tap).
-fn undo_bridge(tools: &dyn HostTools, bridge: &str, enslaved: Option<&str>) -> Result<(), String> {
-    let ports = tools
-        .run("ip", &["-o", "link", "show", "master", bridge])
-        .map_err(host_err)?;
+fn undo_bridge(
+    tools: &dyn HostTools,
+    bridge: &str,
+    enslaved: Option<&str>,
+) -> Result<(), EipError> {
+    let ports = tools.run("ip", &["-o", "link", "show", "master", bridge])?;
     let others = ports
         .lines()
         .filter_map(|l| l.split(':').nth(1))
@@ -583,38 +647,30 @@ fn undo_bridge(tools: &dyn HostTools, bridge: &str, enslaved: Option<&str>) -> R
         return Ok(());
     }
     if let Some(dev) = enslaved {
-        tools
-            .run("ip", &["link", "set", "dev", dev, "nomaster"])
-            .map_err(host_err)?;
+        tools.run("ip", &["link", "set", "dev", dev, "nomaster"])?;
     }
     tools
         .run("ip", &["link", "delete", "dev", bridge])
         .map(|_| ())
-        .map_err(host_err)
+        .map_err(EipError::from)
 }
 
 // ---------------------------------------------------------------------------------------------
 // apply
 
 /// Makes the host hold the EIP `spec`: see the module's documentation. Idempotent.
-pub fn apply(tools: &dyn HostTools, templates: &Templates, spec: &EipSpec) -> Result<(), String> {
+pub fn apply(tools: &dyn HostTools, templates: &Templates, spec: &EipSpec) -> Result<(), EipError> {
     let plan = Plan::new(spec)?;
     let _vip = VipLock::take(&plan.vip_uuid);
     let mut made = Vec::new();
     match apply_locked(tools, templates, &plan, &mut made) {
         Ok(()) => Ok(()),
-        Err(e) => {
-            let failures = undo(tools, templates, made);
-            let context = format!("cannot apply EIP {} (VIP {})", plan.eip_uuid, plan.vip);
-            if failures.is_empty() {
-                Err(format!("{context}: {e}"))
-            } else {
-                Err(format!(
-                    "{context}: {e}; undoing it failed too: {}",
-                    failures.join("; ")
-                ))
-            }
-        }
+        Err(e) => Err(EipError::Apply {
+            eip: plan.eip_uuid.clone(),
+            vip: plan.vip,
+            source: Box::new(e),
+            undo: undo(tools, templates, made),
+        }),
     }
 }
 
@@ -623,15 +679,13 @@ fn apply_locked(
     templates: &Templates,
     plan: &Plan,
     made: &mut Vec<Made>,
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let public_bridge = bridge_for(tools, &plan.public_interface, made)?;
     let vm_bridge = bridge_for(tools, &plan.vm_interface, made)?;
 
     let netns = plan.netns_path();
     if !netns.exists() {
-        tools
-            .run("ip", &["netns", "add", &plan.namespace])
-            .map_err(host_err)?;
+        tools.run("ip", &["netns", "add", &plan.namespace])?;
         made.push(Made::Namespace(plan.namespace.clone()));
     }
 
@@ -687,8 +741,7 @@ fn apply_locked(
         }),
     )?;
     let file = NftFile::write(&rules)?;
-    in_ns(tools, &netns, "nft", &["-f", &file.path()])
-        .map_err(|e| format!("cannot load the EIP's NAT rules: {}", e.message()))?;
+    in_ns(tools, &netns, "nft", &["-f", &file.path()]).map_err(EipError::NatRules)?;
 
     // Before the namespace's links come up: no IPv6 at all (the EIP is IPv4; IPv6 would send
     // router solicitations and DAD on both sides); forwarding; ARP answered only for the
@@ -711,10 +764,9 @@ fn apply_locked(
             "net.ipv4.conf.default.arp_notify=1",
             &format!("net.ipv4.conf.{PUBLIC_IF}.arp_notify=1"),
         ],
-    )
-    .map_err(host_err)?;
+    )?;
     for dev in [GATEWAY_IF, PUBLIC_IF] {
-        in_ns(tools, &netns, "ip", &["link", "set", "dev", dev, "up"]).map_err(host_err)?;
+        in_ns(tools, &netns, "ip", &["link", "set", "dev", dev, "up"])?;
     }
 
     // The VM's side.
@@ -741,8 +793,7 @@ fn apply_locked(
             "dev",
             PUBLIC_IF,
         ],
-    )
-    .map_err(host_err)?;
+    )?;
 
     // The gratuitous ARP: setting the MAC (to the VIP's own, fixed one) makes the kernel send it
     // at once (arp_notify); `arping -U` would send the same request and then idle for a second.
@@ -751,8 +802,7 @@ fn apply_locked(
         &netns,
         "ip",
         &["link", "set", "dev", PUBLIC_IF, "address", &plan.public_mac],
-    )
-    .map_err(host_err)?;
+    )?;
     Ok(())
 }
 
@@ -761,8 +811,8 @@ fn bridge_for(
     tools: &dyn HostTools,
     interface: &str,
     made: &mut Vec<Made>,
-) -> Result<String, String> {
-    let b = ensure_bridge(tools, interface).map_err(|e| e.to_string())?;
+) -> Result<String, EipError> {
+    let b = ensure_bridge(tools, interface)?;
     if b.created {
         made.push(Made::Bridge {
             name: b.name.clone(),
@@ -784,7 +834,7 @@ fn ensure_veth(
     alias: &str,
     inner_mac: Option<&str>,
     made: &mut Vec<Made>,
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let netns = plan.netns_path();
     let mut existing = owned_link(tools, plan, port)?;
     // A port whose other end is not in the namespace (the namespace was deleted and made again
@@ -792,9 +842,7 @@ fn ensure_veth(
     if existing.is_some()
         && in_ns(tools, &netns, "ip", &["-o", "link", "show", "dev", inner]).is_err()
     {
-        tools
-            .run("ip", &["link", "delete", "dev", port])
-            .map_err(host_err)?;
+        tools.run("ip", &["link", "delete", "dev", port])?;
         existing = None;
     }
     if existing.is_none() {
@@ -804,40 +852,40 @@ fn ensure_veth(
             args.extend_from_slice(&["address", mac]);
         }
         args.extend_from_slice(&["netns", ns]);
-        tools.run("ip", &args).map_err(host_err)?;
+        tools.run("ip", &args)?;
         made.push(Made::Link(port.to_string()));
     }
     let settled = existing.as_ref().is_some_and(|l| {
         l.up && l.master.as_deref() == Some(bridge) && l.alias.as_deref() == Some(alias)
     });
     if !settled {
-        tools
-            .run(
-                "ip",
-                &[
-                    "link", "set", "dev", port, "master", bridge, "alias", alias, "up",
-                ],
-            )
-            .map_err(host_err)?;
+        tools.run(
+            "ip",
+            &[
+                "link", "set", "dev", port, "master", bridge, "alias", alias, "up",
+            ],
+        )?;
     }
     Ok(())
 }
 
 /// The host's link `port` when this VIP owns it; an error when another VIP or nobody does.
-fn owned_link(tools: &dyn HostTools, plan: &Plan, port: &str) -> Result<Option<LinkInfo>, String> {
+fn owned_link(
+    tools: &dyn HostTools,
+    plan: &Plan,
+    port: &str,
+) -> Result<Option<LinkInfo>, EipError> {
     let Some(info) = link(tools, port)? else {
         return Ok(None);
     };
     match info.owner() {
         Some(owner) if owner == plan.vip_uuid => Ok(Some(info)),
-        Some(owner) => Err(format!(
-            "interface name {port} is taken by the EIP of VIP {owner}, whose uuid starts like \
-             {}'s; this host cannot hold both",
-            plan.vip_uuid
-        )),
-        None => Err(format!(
-            "interface {port} exists and is not an EIP's; remove it, then retry"
-        )),
+        Some(owner) => Err(EipError::PortTaken {
+            port: port.to_string(),
+            owner: owner.to_string(),
+            vip: plan.vip_uuid.clone(),
+        }),
+        None => Err(EipError::ForeignPort(port.to_string())),
     }
 }
 
@@ -847,17 +895,17 @@ fn ensure_only_address(
     netns: &Path,
     dev: &str,
     cidr: &str,
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let addrs = ns_addresses(tools, netns, dev)?;
     if addrs.len() == 1 && addrs[0] == cidr {
         return Ok(());
     }
     if !addrs.is_empty() {
-        in_ns(tools, netns, "ip", &["-4", "addr", "flush", "dev", dev]).map_err(host_err)?;
+        in_ns(tools, netns, "ip", &["-4", "addr", "flush", "dev", dev])?;
     }
     in_ns(tools, netns, "ip", &["addr", "add", cidr, "dev", dev])
         .map(|_| ())
-        .map_err(host_err)
+        .map_err(EipError::from)
 }
 
 /// Refuses a VIP someone on the public network answers ARP for (one probe, a second's wait).
@@ -866,7 +914,7 @@ fn probe_duplicate(
     netns: &Path,
     plan: &Plan,
     public_bridge: &str,
-) -> Result<(), String> {
+) -> Result<(), EipError> {
     let vip = plan.vip.to_string();
     let result = in_ns(
         tools,
@@ -876,11 +924,11 @@ fn probe_duplicate(
     );
     match duplicate_answers(result)? {
         Ok(()) => Ok(()),
-        Err(answers) => Err(format!(
-            "VIP {vip} is already in use on the public network of {public_bridge}: {}; \
-             refusing to take it",
-            answers.join("; ")
-        )),
+        Err(answers) => Err(EipError::VipInUse {
+            vip,
+            bridge: public_bridge.to_string(),
+            answers: answers.join("; "),
+        }),
     }
 }
 
@@ -890,18 +938,25 @@ fn probe_duplicate(
 /// Removes the EIP `spec` from this host: its namespace, both veth pairs, its elements in the
 /// host's bridge table (and that table with the host's last EIP). Succeeds when nothing is there.
 /// Ports owned by another VIP (a name collision) are never touched.
-pub fn remove(tools: &dyn HostTools, templates: &Templates, spec: &EipSpec) -> Result<(), String> {
+pub fn remove(
+    tools: &dyn HostTools,
+    templates: &Templates,
+    spec: &EipSpec,
+) -> Result<(), EipError> {
     let plan = Plan::new(spec)?;
     let _vip = VipLock::take(&plan.vip_uuid);
-    remove_locked(tools, templates, &plan).map_err(|e| {
-        format!(
-            "cannot remove EIP {} (VIP {}): {e}",
-            plan.eip_uuid, plan.vip
-        )
+    remove_locked(tools, templates, &plan).map_err(|e| EipError::Remove {
+        eip: plan.eip_uuid.clone(),
+        vip: plan.vip,
+        source: Box::new(e),
     })
 }
 
-fn remove_locked(tools: &dyn HostTools, templates: &Templates, plan: &Plan) -> Result<(), String> {
+fn remove_locked(
+    tools: &dyn HostTools,
+    templates: &Templates,
+    plan: &Plan,
+) -> Result<(), EipError> {
     let mut entries = vec![plan.entry.clone()];
     let mut ports = Vec::new();
     for port in [&plan.gateway_port, &plan.public_port] {
@@ -917,16 +972,15 @@ fn remove_locked(tools: &dyn HostTools, templates: &Templates, plan: &Plan) -> R
     // The links first: deleting a namespace removes its veths asynchronously, and a name still
     // there would make an apply right after fail.
     for port in ports {
-        match tools.run("ip", &["link", "delete", "dev", &port]) {
-            Ok(_) => {}
-            Err(e) if missing_device(&e) => {}
-            Err(e) => return Err(e.message()),
+        if let Err(e) = tools.run("ip", &["link", "delete", "dev", &port]) {
+            // Gone meanwhile (its namespace went) is what was asked.
+            if link(tools, &port)?.is_some() {
+                return Err(e.into());
+            }
         }
     }
     if plan.netns_path().exists() {
-        tools
-            .run("ip", &["netns", "delete", &plan.namespace])
-            .map_err(host_err)?;
+        tools.run("ip", &["netns", "delete", &plan.namespace])?;
     }
     remove_bridge_elements(tools, templates, &entries)?;
     drop_bridge_table_if_unused(tools)
@@ -1010,7 +1064,7 @@ mod tests {
         let mut s = spec("5e1f0000000000000000000000000001");
         assert!(Plan::new(&s).is_ok());
         s.vip_ip = "172.31.0".into();
-        assert!(Plan::new(&s).unwrap_err().contains("VIP"));
+        assert!(Plan::new(&s).unwrap_err().to_string().contains("VIP"));
         let mut s = spec("5e1f0000000000000000000000000001");
         s.public_interface = "averylonginterface".into();
         assert!(Plan::new(&s).is_err());
@@ -1070,6 +1124,7 @@ mod tests {
             message: "ARPING 172.31.0.10 from 0.0.0.0 public\nUnicast reply from 172.31.0.10 \
                       [02:11:22:33:44:55]  0.6ms\nSent 1 probes (1 broadcast(s))"
                 .into(),
+            status: Some(1),
         });
         let answers = duplicate_answers(dup).unwrap().unwrap_err();
         assert_eq!(answers.len(), 1);
@@ -1077,6 +1132,7 @@ mod tests {
         let broken = Err(HostError::Failed {
             command: "arping".into(),
             message: "arping: Device public not available.".into(),
+            status: Some(2),
         });
         assert!(duplicate_answers(broken).is_err());
     }
@@ -1146,17 +1202,14 @@ mod tests {
                 return Err(HostError::Failed {
                     command: line,
                     message: "injected failure".into(),
+                    status: Some(1),
                 });
             }
             let mut links = self.links.lock().unwrap();
             match (program, args) {
-                ("ip", ["-o", "link", "show", "dev", name]) => match links.get(*name) {
-                    Some(l) => Ok(l.clone()),
-                    None => Err(HostError::Failed {
-                        command: line,
-                        message: format!("Device \"{name}\" does not exist."),
-                    }),
-                },
+                ("ip", ["-o", "link", "show"]) => {
+                    Ok(links.values().map(|l| format!("{l}\n")).collect::<String>())
+                }
                 ("ip", ["link", "add", "name", name, ..]) | ("ip", ["link", "add", name, ..]) => {
                     links.insert(name.to_string(), format!("1: {name}: <BROADCAST> mtu 1500"));
                     Ok(String::new())
@@ -1205,7 +1258,7 @@ mod tests {
             ..FakeHost::default()
         };
         let s = spec("5e1f7e570000000000000000000000a2");
-        let err = apply(&host, &templates(), &s).unwrap_err();
+        let err = apply(&host, &templates(), &s).unwrap_err().to_string();
         assert!(err.contains("injected failure"), "{err}");
         let calls = host.calls.lock().unwrap().join("\n");
         for undone in [
@@ -1229,7 +1282,7 @@ mod tests {
             "9: eip5e1f7e57000p: <UP> mtu 1500\\    alias zstack-eip vip=5e1f7e57000-other".into(),
         );
         let s = spec("5e1f7e570000000000000000000000a3");
-        let err = apply(&host, &templates(), &s).unwrap_err();
+        let err = apply(&host, &templates(), &s).unwrap_err().to_string();
         assert!(
             err.contains("taken by the EIP of VIP 5e1f7e57000-other"),
             "{err}"

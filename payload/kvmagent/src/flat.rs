@@ -7,7 +7,7 @@
 //! NICs, stopping or destroying it removes them, and the last VM of an L3 on this host takes the
 //! namespace with it. Applying the same VM twice changes nothing.
 
-use std::net::Ipv4Addr;
+use crate::file_error::file_error;
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
@@ -20,9 +20,32 @@ use zstack_common::templates::Templates;
 use crate::metadata::{MetadataListener, MetadataStore};
 
 use crate::host::HostTools;
+pub use crate::netaddr::network_of;
 use crate::vm::{bridge_name, tap_name};
 
 pub use crate::metadata::METADATA_IP;
+
+/// Why the flat network of a NIC cannot be set up or taken down on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum FlatError {
+    #[error("L3 network {0} has no DHCP server address")]
+    NoDhcpServer(String),
+    #[error("cannot read the MAC of {device} in {namespace}")]
+    NoMac { device: String, namespace: String },
+    #[error("the metadata listeners' lock is poisoned")]
+    Poisoned,
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+    #[error(transparent)]
+    Address(#[from] crate::netaddr::AddressError),
+    #[error(transparent)]
+    Template(#[from] zstack_common::templates::TemplateError),
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::ListenerError),
+}
+
 pub const TABLE: &str = "zstack_flat";
 
 /// The L3's namespace on this host.
@@ -35,18 +58,6 @@ pub fn namespace(l3: &str) -> String {
 pub fn veth_names(l3: &str) -> (String, String) {
     let short = &l3[..10.min(l3.len())];
     (format!("zl{short}h"), format!("zl{short}n"))
-}
-
-/// Network address and prefix length of `ip`/`netmask`.
-pub fn network_of(ip: &str, netmask: &str) -> Result<(Ipv4Addr, u32), String> {
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-    let mask: Ipv4Addr = netmask
-        .parse()
-        .map_err(|_| format!("{netmask:?} is not a netmask"))?;
-    let m = u32::from(mask);
-    Ok((Ipv4Addr::from(u32::from(ip) & m), m.leading_ones()))
 }
 
 /// A host name a DHCP client accepts: letters, digits, '-', at most 63.
@@ -80,11 +91,8 @@ impl MetadataServers {
     }
 
     /// Serves the L3's VMs from inside its namespace, unless that runs already.
-    pub fn ensure_listener(&self, l3: &str) -> Result<(), String> {
-        let mut listeners = self
-            .listeners
-            .lock()
-            .map_err(|_| "the metadata listeners' lock is poisoned".to_string())?;
+    pub fn ensure_listener(&self, l3: &str) -> Result<(), FlatError> {
+        let mut listeners = self.listeners.lock().map_err(|_| FlatError::Poisoned)?;
         if listeners.get(l3).is_some_and(MetadataListener::is_running) {
             return Ok(());
         }
@@ -113,23 +121,19 @@ pub struct FlatNetwork<'a> {
     pub metadata: Option<&'a MetadataServers>,
 }
 
-fn err(e: crate::host::HostError) -> String {
-    e.to_string()
-}
-
 impl FlatNetwork<'_> {
     fn l3_dir(&self, l3: &str) -> PathBuf {
         self.state_dir.join(l3)
     }
 
-    fn ns_exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+    fn ns_exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, FlatError> {
         let mut all = vec!["netns", "exec", ns, program];
         all.extend_from_slice(args);
-        self.tools.run("ip", &all).map_err(err)
+        Ok(self.tools.run("ip", &all)?)
     }
 
     /// The bridge rules' table, loaded once.
-    fn ensure_table(&self) -> Result<(), String> {
+    fn ensure_table(&self) -> Result<(), FlatError> {
         if self
             .tools
             .run("nft", &["list", "table", "bridge", TABLE])
@@ -139,44 +143,40 @@ impl FlatNetwork<'_> {
         }
         let text = self
             .templates
-            .render("nft/flat.nft.tera", &serde_json::json!({ "table": TABLE }))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.state_dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.state_dir.display()))?;
+            .render("nft/flat.nft.tera", &serde_json::json!({ "table": TABLE }))?;
+        std::fs::create_dir_all(&self.state_dir).map_err(file_error("create", &self.state_dir))?;
         let file = self.state_dir.join("flat.nft");
-        std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        std::fs::write(&file, text).map_err(file_error("write", &file))?;
         self.tools
             .run("nft", &["-f", &file.display().to_string()])
             .map(|_| ())
-            .map_err(err)
+            .map_err(FlatError::from)
     }
 
-    fn element(&self, verb: &str, set: &str, value: &str) -> Result<(), String> {
+    /// Adds `value` to `set`, or deletes it, leaving the state as asked whether it was there or
+    /// not: `nft add element` of an element that is there succeeds, and a delete is the batch
+    /// "add, then delete" (one transaction), so that neither depends on what an error says.
+    fn element(&self, verb: &str, set: &str, value: &str) -> Result<(), FlatError> {
         let spec = format!("{{ {value} }}");
-        match self
-            .tools
-            .run("nft", &[verb, "element", "bridge", TABLE, set, &spec])
-        {
-            Ok(_) => Ok(()),
-            // Adding what is there, or deleting what is not, leaves the state as asked.
-            Err(e)
-                if e.to_string().contains("File exists")
-                    || e.to_string().contains("No such file") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(err(e)),
-        }
+        let add = ["add", "element", "bridge", TABLE, set, &spec];
+        let result = if verb == "add" {
+            self.tools.run("nft", &add)
+        } else {
+            let mut batch = add.to_vec();
+            batch.extend([";", verb, "element", "bridge", TABLE, set, &spec]);
+            self.tools.run("nft", &batch)
+        };
+        result.map(|_| ()).map_err(FlatError::from)
     }
 
     /// The namespace of `nic`'s L3 with its veth on the NIC's bridge, its addresses and dnsmasq.
     /// Returns the MAC of the namespace side (where metadata requests are sent).
-    pub fn ensure_l3(&self, nic: &NicSpec) -> Result<String, String> {
+    pub fn ensure_l3(&self, nic: &NicSpec) -> Result<String, FlatError> {
         let l3 = &nic.l3_network_uuid;
         let dhcp_ip = nic
             .dhcp_server_ip
             .as_deref()
-            .ok_or_else(|| format!("L3 network {l3} has no DHCP server address"))?;
+            .ok_or_else(|| FlatError::NoDhcpServer(l3.clone()))?;
         let ns = namespace(l3);
         let (host_side, ns_side) = veth_names(l3);
         let br = bridge_name(&nic.physical_interface);
@@ -184,12 +184,11 @@ impl FlatNetwork<'_> {
         self.ensure_table()?;
         let exists = self
             .tools
-            .run("ip", &["netns", "list"])
-            .map_err(err)?
+            .run("ip", &["netns", "list"])?
             .lines()
             .any(|l| l.split_whitespace().next() == Some(ns.as_str()));
         if !exists {
-            self.tools.run("ip", &["netns", "add", &ns]).map_err(err)?;
+            self.tools.run("ip", &["netns", "add", &ns])?;
         }
         // Both ends, or neither: a namespace deleted a moment ago takes its end with it
         // asynchronously, and a half pair is made again.
@@ -204,22 +203,18 @@ impl FlatNetwork<'_> {
             let _ = self.tools.run("ip", &["link", "del", "dev", &host_side]);
         }
         if !(host_end && ns_end) {
-            self.tools
-                .run(
-                    "ip",
-                    &[
-                        "link", "add", &host_side, "type", "veth", "peer", "name", &ns_side,
-                        "netns", &ns,
-                    ],
-                )
-                .map_err(err)?;
-        }
-        self.tools
-            .run(
+            self.tools.run(
                 "ip",
-                &["link", "set", "dev", &host_side, "master", &br, "up"],
-            )
-            .map_err(err)?;
+                &[
+                    "link", "add", &host_side, "type", "veth", "peer", "name", &ns_side, "netns",
+                    &ns,
+                ],
+            )?;
+        }
+        self.tools.run(
+            "ip",
+            &["link", "set", "dev", &host_side, "master", &br, "up"],
+        )?;
         self.ns_exec(&ns, "ip", &["link", "set", "dev", "lo", "up"])?;
         self.ns_exec(&ns, "ip", &["link", "set", "dev", &ns_side, "up"])?;
         for addr in [format!("{dhcp_ip}/{prefix}"), format!("{METADATA_IP}/32")] {
@@ -235,47 +230,44 @@ impl FlatNetwork<'_> {
             .skip_while(|w| *w != "link/ether")
             .nth(1)
             .map(str::to_string)
-            .ok_or_else(|| format!("cannot read the MAC of {ns_side} in {ns}"))
+            .ok_or_else(|| FlatError::NoMac {
+                device: ns_side.clone(),
+                namespace: ns.clone(),
+            })
     }
 
-    fn ensure_dnsmasq(&self, nic: &NicSpec, ns: &str, iface: &str) -> Result<(), String> {
+    fn ensure_dnsmasq(&self, nic: &NicSpec, ns: &str, iface: &str) -> Result<(), FlatError> {
         let dir = self.l3_dir(&nic.l3_network_uuid);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(file_error("create", &dir))?;
         let hosts = dir.join("hosts");
         if !hosts.exists() {
-            std::fs::write(&hosts, b"")
-                .map_err(|e| format!("cannot write {}: {e}", hosts.display()))?;
+            std::fs::write(&hosts, b"").map_err(file_error("write", &hosts))?;
         }
         let pid_file = dir.join("dnsmasq.pid");
         if self.dnsmasq_pid(&pid_file).is_some() {
             return Ok(());
         }
         let (network, _) = network_of(&nic.ip, &nic.netmask)?;
-        let conf = self
-            .templates
-            .render(
-                "dnsmasq/l3.conf.tera",
-                &serde_json::json!({
-                    "l3_uuid": nic.l3_network_uuid,
-                    "namespace": ns,
-                    "interface": iface,
-                    "network": network.to_string(),
-                    "netmask": nic.netmask,
-                    "gateway": nic.gateway,
-                    "dhcp_ip": nic.dhcp_server_ip,
-                    "dns": nic.gateway,
-                    "dns_domain": nic.dns_domain,
-                    "hosts_file": hosts.display().to_string(),
-                    "lease_file": dir.join("leases").display().to_string(),
-                    "pid_file": pid_file.display().to_string(),
-                    "log_file": dir.join("dnsmasq.log").display().to_string(),
-                }),
-            )
-            .map_err(|e| e.to_string())?;
+        let conf = self.templates.render(
+            "dnsmasq/l3.conf.tera",
+            &serde_json::json!({
+                "l3_uuid": nic.l3_network_uuid,
+                "namespace": ns,
+                "interface": iface,
+                "network": network.to_string(),
+                "netmask": nic.netmask,
+                "gateway": nic.gateway,
+                "dhcp_ip": nic.dhcp_server_ip,
+                "dns": nic.gateway,
+                "dns_domain": nic.dns_domain,
+                "hosts_file": hosts.display().to_string(),
+                "lease_file": dir.join("leases").display().to_string(),
+                "pid_file": pid_file.display().to_string(),
+                "log_file": dir.join("dnsmasq.log").display().to_string(),
+            }),
+        )?;
         let conf_file = dir.join("dnsmasq.conf");
-        std::fs::write(&conf_file, conf)
-            .map_err(|e| format!("cannot write {}: {e}", conf_file.display()))?;
+        std::fs::write(&conf_file, conf).map_err(file_error("write", &conf_file))?;
         self.ns_exec(
             ns,
             "dnsmasq",
@@ -285,20 +277,12 @@ impl FlatNetwork<'_> {
     }
 
     fn dnsmasq_pid(&self, pid_file: &Path) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline)
-            .contains("dnsmasq")
-            .then_some(pid)
+        zstack_common::process::live_pid(pid_file, "dnsmasq").and_then(|p| i32::try_from(p).ok())
     }
 
     /// Rewrites the L3's dhcp-host lines: `add` this NIC (replacing an older line of its MAC) or
     /// remove it; then dnsmasq re-reads them.
-    fn set_host(&self, nic: &NicSpec, hostname: &str, add: bool) -> Result<(), String> {
+    fn set_host(&self, nic: &NicSpec, hostname: &str, add: bool) -> Result<(), FlatError> {
         let dir = self.l3_dir(&nic.l3_network_uuid);
         let hosts = dir.join("hosts");
         let text = std::fs::read_to_string(&hosts).unwrap_or_default();
@@ -320,7 +304,7 @@ impl FlatNetwork<'_> {
         }
         if dir.exists() {
             zstack_common::fsutil::atomic_write(&hosts, body.as_bytes(), 0o644)
-                .map_err(|e| format!("cannot write {}: {e}", hosts.display()))?;
+                .map_err(file_error("write", &hosts))?;
         }
         if let Some(pid) = self.dnsmasq_pid(&dir.join("dnsmasq.pid")) {
             let _ = nix::sys::signal::kill(
@@ -333,7 +317,7 @@ impl FlatNetwork<'_> {
 
     /// Adds a VM NIC: its L3's namespace and DHCP entry when the L3 has DHCP or Userdata, and
     /// its anti-spoofing entries.
-    pub fn add_nic(&self, nic: &NicSpec, hostname: &str) -> Result<(), String> {
+    pub fn add_nic(&self, nic: &NicSpec, hostname: &str) -> Result<(), FlatError> {
         self.ensure_table()?;
         let tap = tap_name(nic);
         let flat = nic.services.iter().any(|s| s == "DHCP" || s == "Userdata");
@@ -357,7 +341,7 @@ impl FlatNetwork<'_> {
     }
 
     /// Removes a VM NIC; returns whether the L3 namespace is left without VMs (then torn down).
-    pub fn remove_nic(&self, nic: &NicSpec) -> Result<(), String> {
+    pub fn remove_nic(&self, nic: &NicSpec) -> Result<(), FlatError> {
         let tap = tap_name(nic);
         if self
             .tools
@@ -370,7 +354,18 @@ impl FlatNetwork<'_> {
                 &format!("\"{tap}\" . {} . {}", nic.mac, nic.ip),
             )?;
             self.element("delete", "vm_macs", &format!("\"{tap}\" . {}", nic.mac))?;
-            let _ = self.element("delete", "meta_mac", &format!("\"{tap}\""));
+            // A map's element: deleted by its key alone, when it is there.
+            let _ = self.tools.run(
+                "nft",
+                &[
+                    "delete",
+                    "element",
+                    "bridge",
+                    TABLE,
+                    "meta_mac",
+                    &format!("{{ \"{tap}\" }}"),
+                ],
+            );
         }
         self.set_host(nic, "", false)?;
         if self.l3_dir(&nic.l3_network_uuid).exists()
@@ -382,7 +377,7 @@ impl FlatNetwork<'_> {
     }
 
     /// Adds or removes a VM tap from the L3's members on this host; returns how many are left.
-    fn set_member(&self, l3: &str, tap: &str, add: bool) -> Result<usize, String> {
+    fn set_member(&self, l3: &str, tap: &str, add: bool) -> Result<usize, FlatError> {
         let file = self.l3_dir(l3).join("members");
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let mut members: Vec<&str> = text
@@ -395,13 +390,13 @@ impl FlatNetwork<'_> {
         let body: String = members.iter().map(|m| format!("{m}\n")).collect();
         if body != text {
             zstack_common::fsutil::atomic_write(&file, body.as_bytes(), 0o644)
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                .map_err(file_error("write", &file))?;
         }
         Ok(members.len())
     }
 
     /// Takes an L3's namespace down: dnsmasq, the veth, the namespace, its state.
-    pub fn remove_l3(&self, l3: &str) -> Result<(), String> {
+    pub fn remove_l3(&self, l3: &str) -> Result<(), FlatError> {
         if let Some(m) = self.metadata {
             m.stop_listener(l3);
         }

@@ -13,7 +13,12 @@ pub enum HostError {
         source: std::io::Error,
     },
     #[error("{command} failed: {message}")]
-    Failed { command: String, message: String },
+    Failed {
+        command: String,
+        message: String,
+        /// The exit status; None when a signal ended the program.
+        status: Option<i32>,
+    },
 }
 
 impl HostError {
@@ -27,6 +32,9 @@ pub trait HostTools: Send + Sync {
     /// Runs `program args`, returns stdout; a non-zero exit is an error with stderr.
     fn run(&self, program: &str, args: &[&str]) -> Result<String, HostError>;
 }
+
+/// Where libvirtd listens; its absence means libvirtd is not running.
+const LIBVIRT_SOCKET: &str = "/run/libvirt/libvirt-sock";
 
 /// The real tools.
 pub struct SystemTools;
@@ -60,7 +68,8 @@ impl HostTools for SystemTools {
             if message.is_empty() {
                 message = String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
-            if program == "virsh" && message.contains("Failed to connect socket") {
+            // Told by the socket's absence, not by virsh's words.
+            if program == "virsh" && !std::path::Path::new(LIBVIRT_SOCKET).exists() {
                 message.push_str(
                     "; libvirtd is not running on this host: start it (systemctl start libvirtd, \
                      or libvirtd -d where systemd is not PID 1)",
@@ -69,6 +78,7 @@ impl HostTools for SystemTools {
             return Err(HostError::Failed {
                 command: format!("{program} {}", args.join(" ")),
                 message,
+                status: out.status.code(),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

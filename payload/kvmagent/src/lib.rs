@@ -11,12 +11,15 @@
 
 pub mod bridge;
 pub mod eip;
+pub mod file_error;
 pub mod flat;
 pub mod host;
 pub mod metadata;
+pub mod netaddr;
 pub mod storage;
 pub mod vm;
 
+use crate::file_error::file_error;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,7 +94,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .to_string();
     let templates = Templates::load(&release_tree()?.join("templates"))?;
     let store =
-        metadata::MetadataStore::open(metadata::store_dir(layout)).map_err(anyhow::Error::msg)?;
+        metadata::MetadataStore::open(metadata::store_dir(layout)).context("metadata store")?;
     for skipped in store.skipped() {
         log.warn(&format!("metadata: skipped {skipped}"));
     }
@@ -197,14 +200,27 @@ async fn connect(State(state): State<Arc<AgentState>>) -> Response {
     .await
 }
 
-fn host_facts(version: &str) -> Result<HostFacts, String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
-        .map_err(|e| format!("cannot read /proc/cpuinfo: {e}"))?;
-    let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+/// Why the agent cannot read or write one of the host's files.
+#[derive(Debug, thiserror::Error)]
+enum HostFileError {
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+    #[error("/proc/meminfo has no MemTotal line")]
+    NoMemTotal,
+    #[error(transparent)]
+    Template(#[from] zstack_common::templates::TemplateError),
+}
+
+fn host_facts(version: &str) -> Result<HostFacts, HostFileError> {
+    let cpuinfo_path = Path::new("/proc/cpuinfo");
+    let meminfo_path = Path::new("/proc/meminfo");
+    let cpuinfo =
+        std::fs::read_to_string(cpuinfo_path).map_err(file_error("read", cpuinfo_path))?;
+    let meminfo =
+        std::fs::read_to_string(meminfo_path).map_err(file_error("read", meminfo_path))?;
     Ok(HostFacts {
         cpu_num: count_cpus(&cpuinfo),
-        memory_size: mem_total(&meminfo).ok_or("/proc/meminfo has no MemTotal line")?,
+        memory_size: mem_total(&meminfo).ok_or(HostFileError::NoMemTotal)?,
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
@@ -419,7 +435,7 @@ async fn check_smp(
 /// Adds `url` to the mounts the agent's unit requires (`RequiresMountsFor=` in a drop-in), so a
 /// host that boots before its shared filesystem is mounted does not start the agent on the empty
 /// directory.
-fn remember_mount(st: &AgentState, url: &str) -> Result<(), String> {
+fn remember_mount(st: &AgentState, url: &str) -> Result<(), HostFileError> {
     let list = st
         .layout
         .host(st.layout.data_dir().join("kvmagent/storage-mounts"));
@@ -434,31 +450,28 @@ fn remember_mount(st: &AgentState, url: &str) -> Result<(), String> {
     }
     mounts.push(url.to_string());
     if let Some(dir) = list.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
     }
     zstack_common::fsutil::atomic_write(
         &list,
         format!("{}\n", mounts.join("\n")).as_bytes(),
         0o644,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(file_error("write", &list))?;
     let dropin = st.layout.host(
         st.layout
             .systemd_dir()
             .join("zstack-kvmagent.service.d/zstack-storage.conf"),
     );
-    let text = st
-        .templates
-        .render(
-            "systemd/zstack-kvmagent-storage.conf.tera",
-            &serde_json::json!({ "storage_mounts": mounts }),
-        )
-        .map_err(|e| e.to_string())?;
+    let text = st.templates.render(
+        "systemd/zstack-kvmagent-storage.conf.tera",
+        &serde_json::json!({ "storage_mounts": mounts }),
+    )?;
     if let Some(dir) = dropin.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
     }
     zstack_common::fsutil::atomic_write(&dropin, text.as_bytes(), 0o644)
-        .map_err(|e| e.to_string())?;
+        .map_err(file_error("write", &dropin))?;
     if Path::new("/run/systemd/system").exists() && !st.layout.is_sysroot() {
         let _ = std::process::Command::new("systemctl")
             .arg("daemon-reload")

@@ -6,27 +6,72 @@
 //! carry the storage's id file: the first check writes it, every later check (on any host)
 //! requires it, which also catches a different filesystem mounted at the same path.
 
+use crate::file_error::file_error;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use zstack_common::agent_proto::{CheckStorage, StorageCapacity};
 
-use crate::host::HostTools;
+use crate::host::{HostError, HostTools};
+
+/// Why a storage path, a shared mount point, the image cache or a volume file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0} is not an absolute path")]
+    NotAbsolute(String),
+    #[error("{0} is not a normalised path")]
+    NotNormalised(String),
+    #[error("{0} is not a directory on this host; mount the shared storage there first")]
+    NotADirectory(String),
+    #[error("{0} is not a mount point on this host: the shared filesystem is not mounted there (VM disks written now would land in the empty directory). Mount it, and add it to /etc/fstab (zstack-ctl fstab_line prints the line)")]
+    NotAMountPoint(String),
+    #[error("{url} holds the id of primary storage {found} , not {want}: another filesystem (or another storage's) is mounted at this path on this host")]
+    ForeignId {
+        url: String,
+        found: String,
+        want: String,
+    },
+    #[error("{url} has no {ID_FILE}: the filesystem mounted there on this host is not the one the other hosts of primary storage {uuid} use")]
+    NoIdFile { url: String, uuid: String },
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+    #[error("cannot lock the image cache {dir}: {source}")]
+    Lock { dir: PathBuf, source: nix::Error },
+    #[error("{0} has no parent")]
+    NoParent(PathBuf),
+    #[error("cannot download the image from {url}: {source}")]
+    Download {
+        url: String,
+        source: Box<ureq::Error>,
+    },
+    #[error("downloading {url}: {source}")]
+    DownloadRead { url: String, source: std::io::Error },
+    #[error("the image from {url} has sha256 {got}, the management node recorded {want}")]
+    Checksum {
+        url: String,
+        got: String,
+        want: String,
+    },
+    #[error("{0} is in the image cache; refusing to delete it")]
+    InImageCache(PathBuf),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
 
 pub const ID_FILE: &str = ".zstack-primary-storage-id";
 
 /// An absolute, normalised path: no `.`/`..`, no `//`, no trailing `/`.
-pub fn check_path(url: &str) -> Result<&Path, String> {
+pub fn check_path(url: &str) -> Result<&Path, StorageError> {
     let p = Path::new(url);
     if !p.is_absolute() {
-        return Err(format!("{url} is not an absolute path"));
+        return Err(StorageError::NotAbsolute(url.to_string()));
     }
     if url.len() > 1
         && (url.ends_with('/')
             || url.contains("//")
             || url.split('/').any(|c| c == "." || c == ".."))
     {
-        return Err(format!("{url} is not a normalised path"));
+        return Err(StorageError::NotNormalised(url.to_string()));
     }
     Ok(p)
 }
@@ -63,40 +108,31 @@ pub fn is_mount_point(mountinfo: &str, path: &str) -> bool {
 }
 
 /// Every check of a shared mount point; answers its capacity.
-pub fn check_shared_mount_point(req: &CheckStorage) -> Result<StorageCapacity, String> {
+pub fn check_shared_mount_point(req: &CheckStorage) -> Result<StorageCapacity, StorageError> {
     let dir = check_path(&req.url)?;
     if !dir.is_dir() {
-        return Err(format!(
-            "{} is not a directory on this host; mount the shared storage there first",
-            req.url
-        ));
+        return Err(StorageError::NotADirectory(req.url.clone()));
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mountinfo_path = Path::new("/proc/self/mountinfo");
+    let mountinfo =
+        std::fs::read_to_string(mountinfo_path).map_err(file_error("read", mountinfo_path))?;
     if !is_mount_point(&mountinfo, &req.url) {
-        return Err(format!(
-            "{} is not a mount point on this host: the shared filesystem is not mounted there \
-             (VM disks written now would land in the empty directory). Mount it, and add it to \
-             /etc/fstab (zstack-ctl fstab_line prints the line)",
-            req.url
-        ));
+        return Err(StorageError::NotAMountPoint(req.url.clone()));
     }
     let probe = dir.join(format!(".zstack-write-check-{}", std::process::id()));
     std::fs::write(&probe, b"ok")
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("cannot write to {}: {e}", req.url))?;
+        .map_err(file_error("write to", dir))?;
     if !req.uuid.is_empty() {
         let id_file = dir.join(ID_FILE);
         match std::fs::read_to_string(&id_file) {
             Ok(id) if id.trim() == req.uuid => {}
             Ok(id) => {
-                return Err(format!(
-                    "{} holds the id of primary storage {} , not {}: another filesystem (or \
-                     another storage's) is mounted at this path on this host",
-                    req.url,
-                    id.trim(),
-                    req.uuid
-                ))
+                return Err(StorageError::ForeignId {
+                    url: req.url.clone(),
+                    found: id.trim().to_string(),
+                    want: req.uuid.clone(),
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && req.write_id => {
                 zstack_common::fsutil::atomic_write(
@@ -104,24 +140,23 @@ pub fn check_shared_mount_point(req: &CheckStorage) -> Result<StorageCapacity, S
                     format!("{}\n", req.uuid).as_bytes(),
                     0o644,
                 )
-                .map_err(|e| format!("cannot write {}: {e}", id_file.display()))?;
+                .map_err(file_error("write", &id_file))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "{} has no {ID_FILE}: the filesystem mounted there on this host is not the one \
-                     the other hosts of primary storage {} use",
-                    req.url, req.uuid
-                ))
+                return Err(StorageError::NoIdFile {
+                    url: req.url.clone(),
+                    uuid: req.uuid.clone(),
+                })
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", id_file.display())),
+            Err(e) => return Err(file_error("read", &id_file)(e).into()),
         }
     }
     capacity(dir)
 }
 
-pub fn capacity(dir: &Path) -> Result<StorageCapacity, String> {
-    let (total_capacity, available_capacity) = zstack_common::fsutil::fs_capacity(dir)
-        .map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+pub fn capacity(dir: &Path) -> Result<StorageCapacity, StorageError> {
+    let (total_capacity, available_capacity) =
+        zstack_common::fsutil::fs_capacity(dir).map_err(file_error("statvfs", dir))?;
     Ok(StorageCapacity {
         total_capacity,
         available_capacity,
@@ -130,8 +165,8 @@ pub fn capacity(dir: &Path) -> Result<StorageCapacity, String> {
 
 /// Whether files in `dir` can be opened with O_DIRECT (cache mode `none`); tmpfs and some FUSE
 /// filesystems cannot, and qemu would then fail to start the VM.
-pub fn supports_o_direct(dir: &Path) -> Result<bool, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+pub fn supports_o_direct(dir: &Path) -> Result<bool, StorageError> {
+    std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
     let probe = dir.join(format!(".zstack-odirect-check-{}", std::process::id()));
     let opened = std::fs::OpenOptions::new()
         .write(true)
@@ -143,7 +178,7 @@ pub fn supports_o_direct(dir: &Path) -> Result<bool, String> {
     match opened {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => Ok(false),
-        Err(e) => Err(format!("cannot test O_DIRECT in {}: {e}", dir.display())),
+        Err(e) => Err(file_error("test O_DIRECT in", dir)(e).into()),
     }
 }
 
@@ -163,56 +198,76 @@ pub fn ensure_cached_image(
     url: &str,
     sha256: Option<&str>,
     secret: &str,
-) -> Result<(), String> {
+) -> Result<(), StorageError> {
     let dir = cache
         .parent()
-        .ok_or_else(|| format!("{} has no parent", cache.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .ok_or_else(|| StorageError::NoParent(cache.to_path_buf()))?;
+    std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(".lock"))
-        .map_err(|e| format!("cannot open the lock of {}: {e}", dir.display()))?;
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock the image cache {}: {e}", dir.display()))?;
+        .map_err(file_error("open the lock of", dir))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, source)| StorageError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    )?;
     if cache.exists() {
         return Ok(());
     }
-    let resp = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(10))
-        .timeout_read(std::time::Duration::from_secs(300))
-        .build()
-        .get(url)
-        .set(zstack_common::health::AGENT_SECRET_HEADER, secret)
-        .call()
-        .map_err(|e| format!("cannot download the image from {url}: {e}"))?;
+    let resp = zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
+        connect: Some(std::time::Duration::from_secs(10)),
+        read: Some(std::time::Duration::from_secs(300)),
+        whole: None,
+    })
+    .get(url)
+    .set(zstack_common::health::AGENT_SECRET_HEADER, secret)
+    .call()
+    .map_err(|e| StorageError::Download {
+        url: url.to_string(),
+        source: Box::new(e),
+    })?;
     let part = dir.join(".download.part");
     let mut reader = resp.into_reader();
     let (_, got) =
         zstack_common::fsutil::copy_hashing(&mut reader, &part).map_err(|e| match e {
-            zstack_common::fsutil::CopyError::Read(e) => format!("downloading {url}: {e}"),
-            zstack_common::fsutil::CopyError::Write(e) => {
-                format!("cannot write {}: {e}", part.display())
-            }
+            zstack_common::fsutil::CopyError::Read(source) => StorageError::DownloadRead {
+                url: url.to_string(),
+                source,
+            },
+            zstack_common::fsutil::CopyError::Write(e) => file_error("write", &part)(e).into(),
         })?;
     if let Some(want) = sha256 {
         if got != want {
             let _ = std::fs::remove_file(&part);
-            return Err(format!(
-                "the image from {url} has sha256 {got}, the management node recorded {want}"
-            ));
+            return Err(StorageError::Checksum {
+                url: url.to_string(),
+                got,
+                want: want.to_string(),
+            });
         }
     }
-    std::fs::rename(&part, cache).map_err(|e| format!("cannot rename {}: {e}", part.display()))
+    Ok(std::fs::rename(&part, cache).map_err(file_error("rename", &part))?)
 }
 
-fn parent_dir(path: &Path) -> Result<&Path, String> {
+fn parent_dir(path: &Path) -> Result<&Path, StorageError> {
     let dir = path
         .parent()
-        .ok_or_else(|| format!("{} has no parent", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .ok_or_else(|| StorageError::NoParent(path.to_path_buf()))?;
+    std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
     Ok(dir)
+}
+
+/// `qemu-img create -q -f qcow2 <args>` for the volume file at `path`.
+fn qemu_img_create(tools: &dyn HostTools, path: &Path, args: &[&str]) -> Result<(), StorageError> {
+    parent_dir(path)?;
+    let mut all = vec!["create", "-q", "-f", "qcow2"];
+    all.extend_from_slice(args);
+    tools.run("qemu-img", &all)?;
+    Ok(())
 }
 
 /// A root volume: a qcow2 overlay on the cached image (the cache is never written to).
@@ -221,58 +276,27 @@ pub fn create_overlay(
     path: &Path,
     backing: &Path,
     backing_format: &str,
-) -> Result<(), String> {
-    parent_dir(path)?;
-    tools
-        .run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                &backing.display().to_string(),
-                "-F",
-                backing_format,
-                &path.display().to_string(),
-            ],
-        )
-        .map(|_| ())
-        .map_err(|e| e.message())
+) -> Result<(), StorageError> {
+    let backing = backing.display().to_string();
+    let file = path.display().to_string();
+    qemu_img_create(tools, path, &["-b", &backing, "-F", backing_format, &file])
 }
 
 /// A data volume: an empty qcow2 of `size` bytes.
-pub fn create_blank(tools: &dyn HostTools, path: &Path, size: i64) -> Result<(), String> {
-    parent_dir(path)?;
-    tools
-        .run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                &path.display().to_string(),
-                &size.to_string(),
-            ],
-        )
-        .map(|_| ())
-        .map_err(|e| e.message())
+pub fn create_blank(tools: &dyn HostTools, path: &Path, size: i64) -> Result<(), StorageError> {
+    let file = path.display().to_string();
+    qemu_img_create(tools, path, &[&file, &size.to_string()])
 }
 
 /// Deletes a volume's file and its `vol-<uuid>` directory; never the image cache.
-pub fn delete_volume_file(path: &Path) -> Result<(), String> {
+pub fn delete_volume_file(path: &Path) -> Result<(), StorageError> {
     if path.components().any(|c| c.as_os_str() == "imagecache") {
-        return Err(format!(
-            "{} is in the image cache; refusing to delete it",
-            path.display()
-        ));
+        return Err(StorageError::InImageCache(path.to_path_buf()));
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
+        Err(e) => return Err(file_error("delete", path)(e).into()),
     }
     if let Some(dir) = path.parent() {
         if dir
@@ -318,20 +342,24 @@ mod tests {
             uuid: "x".into(),
             write_id: true,
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a mount point"), "{e}");
         let e = check_shared_mount_point(&CheckStorage {
             url: sub.join("missing").display().to_string(),
             uuid: "x".into(),
             write_id: true,
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mount the shared storage"), "{e}");
     }
 
     #[test]
     fn the_image_cache_is_never_deleted_as_a_volume() {
-        let e = delete_volume_file(Path::new("/ps/imagecache/template/i/i.qcow2")).unwrap_err();
+        let e = delete_volume_file(Path::new("/ps/imagecache/template/i/i.qcow2"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("image cache"));
         let d = tempfile::tempdir().unwrap();
         let vol = d.path().join("vol-1/1.qcow2");

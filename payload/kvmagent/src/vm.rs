@@ -26,10 +26,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal with `code`, saying `message` (a sentence, or an error of the module that
+    /// refused).
+    pub fn new(code: &'static str, message: impl std::fmt::Display) -> Self {
         Refusal {
             code,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -216,7 +218,7 @@ impl VmHost<'_> {
         if path.exists() {
             return Ok(());
         }
-        let unusable = |e: String| Refusal::new("STORAGE_UNUSABLE", e);
+        let unusable = |e: storage::StorageError| Refusal::new("STORAGE_UNUSABLE", e);
         match (&disk.image_url, &disk.image_uuid, &disk.primary_storage_url) {
             (Some(url), Some(image), Some(ps)) if disk.r#type == "Root" => {
                 let cache = storage::image_cache_path(ps, image);
@@ -241,7 +243,7 @@ impl VmHost<'_> {
             .map(|b| b.name)
             .map_err(|e| match e {
                 BridgeError::Addressed { .. } => Refusal::new("BRIDGE_NEEDS_SETUP", e.to_string()),
-                BridgeError::Host(m) => Refusal::new("HOST_COMMAND_FAILED", m),
+                BridgeError::Host(h) => Refusal::from(h),
             })
     }
 

@@ -88,10 +88,11 @@ impl KvmAgentClient {
             addr: format!("{ip}:{port}"),
             secret: secret.to_string(),
             // Starting a VM includes copying its image; the read timeout leaves room for that.
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5))
-                .timeout_read(Duration::from_secs(600))
-                .build(),
+            agent: zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
+                connect: Some(Duration::from_secs(5)),
+                read: Some(Duration::from_secs(600)),
+                whole: None,
+            }),
         }
     }
 

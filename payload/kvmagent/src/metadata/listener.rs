@@ -8,6 +8,39 @@ use std::time::Duration;
 
 use axum::Router;
 
+/// Why a metadata listener cannot be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("cannot {action}: {source}")]
+    Socket {
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the metadata server's thread panicked")]
+    Panicked,
+    #[error("{0:?} is not a network namespace name")]
+    NamespaceName(String),
+    #[error("cannot open network namespace {path}: {source}")]
+    OpenNamespace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {ns}: {source}")]
+    EnterNamespace { ns: String, source: nix::Error },
+    #[error("cannot listen on {addr} in network namespace {ns}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        ns: String,
+        source: std::io::Error,
+    },
+    #[error("the thread binding {addr} in {ns} panicked")]
+    BindPanicked { addr: SocketAddr, ns: String },
+}
+
+fn socket_error(action: &'static str) -> impl FnOnce(std::io::Error) -> ListenerError {
+    move |source| ListenerError::Socket { action, source }
+}
+
 /// How long a stopped listener lets requests in flight finish before its runtime is dropped.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -31,12 +64,10 @@ impl MetadataListener {
 
     /// Stops the server and waits until its socket is closed: requests in flight get
     /// a second (`STOP_GRACE`) to finish.
-    pub fn stop(mut self) -> Result<(), String> {
+    pub fn stop(mut self) -> Result<(), ListenerError> {
         self.signal();
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| "the metadata server's thread panicked".to_string()),
+            Some(t) => t.join().map_err(|_| ListenerError::Panicked),
             None => Ok(()),
         }
     }
@@ -57,21 +88,24 @@ impl Drop for MetadataListener {
 
 /// Serves `app` on `listener` (any namespace) on a new thread with its own single-threaded
 /// tokio runtime; callable from anywhere, inside a runtime or not.
-pub fn serve_listener(listener: TcpListener, app: Router) -> Result<MetadataListener, String> {
+pub fn serve_listener(
+    listener: TcpListener,
+    app: Router,
+) -> Result<MetadataListener, ListenerError> {
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("cannot make the listening socket non-blocking: {e}"))?;
+        .map_err(socket_error("make the listening socket non-blocking"))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the listening socket's address: {e}"))?;
+        .map_err(socket_error("read the listening socket's address"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot make a runtime for the metadata server: {e}"))?;
+        .map_err(socket_error("make a runtime for the metadata server"))?;
     let listener = {
         let _in_rt = rt.enter();
         tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| format!("cannot register the listening socket: {e}"))?
+            .map_err(socket_error("register the listening socket"))?
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -98,7 +132,7 @@ pub fn serve_listener(listener: TcpListener, app: Router) -> Result<MetadataList
             });
             // Dropping the runtime here closes every connection left.
         })
-        .map_err(|e| format!("cannot start the metadata server's thread: {e}"))?;
+        .map_err(socket_error("start the metadata server's thread"))?;
     Ok(MetadataListener {
         addr,
         stop: Some(tx),
@@ -108,12 +142,12 @@ pub fn serve_listener(listener: TcpListener, app: Router) -> Result<MetadataList
 
 /// `/var/run/netns/<ns>` (what `ip netns add` makes), or `ns` itself when it is an absolute path
 /// (`/proc/<pid>/ns/net`).
-fn netns_path(ns: &str) -> Result<PathBuf, String> {
+fn netns_path(ns: &str) -> Result<PathBuf, ListenerError> {
     if ns.starts_with('/') {
         return Ok(PathBuf::from(ns));
     }
     if ns.is_empty() || ns == "." || ns == ".." || ns.contains('/') {
-        return Err(format!("{ns:?} is not a network namespace name"));
+        return Err(ListenerError::NamespaceName(ns.to_string()));
     }
     Ok(Path::new("/var/run/netns").join(ns))
 }
@@ -121,25 +155,41 @@ fn netns_path(ns: &str) -> Result<PathBuf, String> {
 /// A TCP socket listening on `addr` inside network namespace `ns`: a short-lived thread enters
 /// the namespace (`setns` moves only the calling thread), binds, and ends; the socket stays in
 /// that namespace. The address must exist there (`169.254.169.254/32` on the L3's inner device).
-pub fn bind_in_netns(ns: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+pub fn bind_in_netns(ns: &str, addr: SocketAddr) -> Result<TcpListener, ListenerError> {
     let path = netns_path(ns)?;
-    let file = File::open(&path)
-        .map_err(|e| format!("cannot open network namespace {}: {e}", path.display()))?;
+    let file = File::open(&path).map_err(|source| ListenerError::OpenNamespace {
+        path: path.clone(),
+        source,
+    })?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot enter network namespace {ns}: {e}"))?;
-            TcpListener::bind(addr)
-                .map_err(|e| format!("cannot listen on {addr} in network namespace {ns}: {e}"))
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+                ListenerError::EnterNamespace {
+                    ns: ns.to_string(),
+                    source,
+                }
+            })?;
+            TcpListener::bind(addr).map_err(|source| ListenerError::Bind {
+                addr,
+                ns: ns.to_string(),
+                source,
+            })
         })
         .join()
-        .map_err(|_| format!("the thread binding {addr} in {ns} panicked"))?
+        .map_err(|_| ListenerError::BindPanicked {
+            addr,
+            ns: ns.to_string(),
+        })?
     })
 }
 
 /// Serves `app` on `addr` inside network namespace `ns` (see [`bind_in_netns`] and
 /// [`serve_listener`]). Returns once the socket listens.
-pub fn serve_in_netns(ns: &str, addr: SocketAddr, app: Router) -> Result<MetadataListener, String> {
+pub fn serve_in_netns(
+    ns: &str,
+    addr: SocketAddr,
+    app: Router,
+) -> Result<MetadataListener, ListenerError> {
     serve_listener(bind_in_netns(ns, addr)?, app)
 }
 
@@ -291,7 +341,9 @@ mod tests {
         for bad in ["", ".", "..", "a/b"] {
             assert!(netns_path(bad).is_err(), "{bad}");
         }
-        let e = bind_in_netns("zs-no-such-namespace", "127.0.0.1:0".parse().unwrap()).unwrap_err();
+        let e = bind_in_netns("zs-no-such-namespace", "127.0.0.1:0".parse().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("zs-no-such-namespace"), "{e}");
     }
 }

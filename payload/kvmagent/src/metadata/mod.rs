@@ -37,9 +37,12 @@ mod test_support;
 pub use zstack_common::agent_proto::{NicSpec, VmMetadata, VmSpec};
 
 pub use cloud_config::user_data_for;
+pub use cloud_config::CloudConfigError;
 pub use imds::{router, VERSIONS};
-pub use listener::{bind_in_netns, serve_in_netns, serve_listener, MetadataListener};
-pub use store::{records_of, store_dir, MetadataStore, VmRecord};
+pub use listener::{
+    bind_in_netns, serve_in_netns, serve_listener, ListenerError, MetadataListener,
+};
+pub use store::{records_of, store_dir, MetadataStore, StoreError, VmRecord};
 
 /// The address VMs ask.
 pub const METADATA_IP: &str = "169.254.169.254";

@@ -9,7 +9,47 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use zstack_common::Layout;
 
+use crate::file_error::file_error;
+
+use super::cloud_config::CloudConfigError;
 use super::{user_data_for, VmSpec, USERDATA_SERVICE};
+
+/// Why the store refuses a VM or cannot keep its file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("VM {vm}: NIC {nic} has no valid IP ({ip:?})")]
+    NicIp { vm: String, nic: String, ip: String },
+    #[error("VM {vm}: {source}")]
+    CloudConfig {
+        vm: String,
+        source: CloudConfigError,
+    },
+    #[error("{0:?} is not a VM uuid")]
+    VmUuid(String),
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+    #[error("cannot encode the records of VM {vm}: {source}")]
+    Encode {
+        vm: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Why a file of the store was not loaded (reported, and left alone).
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: unknown version {version}")]
+    Version { path: PathBuf, version: u32 },
+    #[error("{path}: records of another VM")]
+    OtherVm { path: PathBuf },
+}
 
 /// The version of the files the store writes.
 const FILE_VERSION: u32 = 1;
@@ -62,7 +102,7 @@ impl VmRecord {
 }
 
 /// The records of a VM: one per NIC whose L3 has the Userdata service.
-pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
+pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, StoreError> {
     let mut out = Vec::new();
     for nic in &spec.nics {
         if !nic
@@ -72,11 +112,10 @@ pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
         {
             continue;
         }
-        let ip: IpAddr = nic.ip.trim().parse().map_err(|_| {
-            format!(
-                "VM {}: NIC {} has no valid IP ({:?})",
-                spec.uuid, nic.uuid, nic.ip
-            )
+        let ip: IpAddr = nic.ip.trim().parse().map_err(|_| StoreError::NicIp {
+            vm: spec.uuid.clone(),
+            nic: nic.uuid.clone(),
+            ip: nic.ip.clone(),
         })?;
         let md = &spec.metadata;
         let hostname = if md.hostname.trim().is_empty() {
@@ -98,7 +137,10 @@ pub fn records_of(spec: &VmSpec) -> Result<Vec<VmRecord>, String> {
                 md.ssh_key.as_deref(),
                 md.root_password_hash.as_deref(),
             )
-            .map_err(|e| format!("VM {}: {e}", spec.uuid))?,
+            .map_err(|source| StoreError::CloudConfig {
+                vm: spec.uuid.clone(),
+                source,
+            })?,
             token_required: md.token_required,
         });
     }
@@ -175,17 +217,16 @@ impl MetadataStore {
     /// Opens the store kept in `dir` (made if missing, mode 0700: user data may hold secrets)
     /// and loads every `<vm>.json` in it. A file that cannot be read or parsed is left alone and
     /// reported by [`MetadataStore::skipped`].
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, String> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(file_error("create", &dir))?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;
+                .map_err(file_error("set the mode of", &dir))?;
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .map_err(file_error("read", &dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
@@ -217,7 +258,7 @@ impl MetadataStore {
                     }
                     index.set_vm(&f.vm_uuid, records);
                 }
-                Err(e) => skipped.push(e),
+                Err(e) => skipped.push(e.to_string()),
             }
         }
         Ok(MetadataStore {
@@ -278,7 +319,7 @@ impl MetadataStore {
     /// addresses it keeps). A VM without such a NIC is forgotten. An address another VM held
     /// on that L3 (a VM gone while the agent was down) now belongs to this one. Answers the
     /// number of records.
-    pub fn upsert_vm(&self, spec: &VmSpec) -> Result<usize, String> {
+    pub fn upsert_vm(&self, spec: &VmSpec) -> Result<usize, StoreError> {
         let mut records = records_of(spec)?;
         check_vm_uuid(&spec.uuid)?;
         let _w = self.lock_writer();
@@ -325,7 +366,7 @@ impl MetadataStore {
     }
 
     /// Forgets a VM (destroyed, stopped, migrated away). Answers whether the store knew it.
-    pub fn remove_vm(&self, vm_uuid: &str) -> Result<bool, String> {
+    pub fn remove_vm(&self, vm_uuid: &str) -> Result<bool, StoreError> {
         let _w = self.lock_writer();
         let known = self.read().by_vm.contains_key(vm_uuid);
         if check_vm_uuid(vm_uuid).is_ok() {
@@ -342,7 +383,7 @@ impl MetadataStore {
         l3: &str,
         ip: &str,
         public: Option<String>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let Ok(addr) = ip.trim().parse::<IpAddr>() else {
             return Ok(false);
         };
@@ -386,14 +427,14 @@ impl MetadataStore {
         &self,
         vm: &str,
         records: impl Iterator<Item = &'a VmRecord>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let path = self.file_of(vm);
         let records: Vec<VmRecord> = records.cloned().collect();
         if records.is_empty() {
             return match std::fs::remove_file(&path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+                Err(e) => Err(file_error("remove", &path)(e).into()),
             };
         }
         let file = VmFile {
@@ -401,35 +442,48 @@ impl MetadataStore {
             vm_uuid: vm.to_string(),
             records,
         };
-        let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        zstack_common::fsutil::atomic_write(&path, &text, 0o600)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        let text = serde_json::to_vec_pretty(&file).map_err(|source| StoreError::Encode {
+            vm: vm.to_string(),
+            source,
+        })?;
+        Ok(zstack_common::fsutil::atomic_write(&path, &text, 0o600)
+            .map_err(file_error("write", &path))?)
     }
 }
 
 /// A VM uuid names a file: letters, digits, `-` and `_` only.
-fn check_vm_uuid(vm: &str) -> Result<(), String> {
+fn check_vm_uuid(vm: &str) -> Result<(), StoreError> {
     if vm.is_empty()
         || vm.len() > 128
         || !vm
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!("{vm:?} is not a VM uuid"));
+        return Err(StoreError::VmUuid(vm.to_string()));
     }
     Ok(())
 }
 
-fn load_file(path: &Path) -> Result<VmFile, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let f: VmFile =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+fn load_file(path: &Path) -> Result<VmFile, LoadError> {
+    let text = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let f: VmFile = serde_json::from_slice(&text).map_err(|source| LoadError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if f.version != FILE_VERSION {
-        return Err(format!("{}: unknown version {}", path.display(), f.version));
+        return Err(LoadError::Version {
+            path: path.to_path_buf(),
+            version: f.version,
+        });
     }
     if f.vm_uuid != stem || f.records.iter().any(|r| r.instance_id != stem) {
-        return Err(format!("{}: records of another VM", path.display()));
+        return Err(LoadError::OtherVm {
+            path: path.to_path_buf(),
+        });
     }
     Ok(f)
 }

@@ -195,22 +195,24 @@ struct Fetched {
 
 /// Copies the image to `dest` (through `dest.part`, renamed at the end), hashing as it goes.
 fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
-    let mut reader: Box<dyn Read> =
-        match src {
-            Source::File(p) => Box::new(std::fs::File::open(p).map_err(|e| {
+    let mut reader: Box<dyn Read> = match src {
+        Source::File(p) => {
+            Box::new(std::fs::File::open(p).map_err(|e| {
                 ApiError::invalid("url", format!("cannot read {}: {e}", p.display()))
-            })?),
-            Source::Http(u) => {
-                let resp = ureq::AgentBuilder::new()
-                    .timeout_connect(std::time::Duration::from_secs(10))
-                    .timeout_read(std::time::Duration::from_secs(120))
-                    .build()
-                    .get(u)
-                    .call()
-                    .map_err(|e| ApiError::invalid("url", format!("cannot download {u}: {e}")))?;
-                resp.into_reader()
-            }
-        };
+            })?)
+        }
+        Source::Http(u) => {
+            let resp = zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
+                connect: Some(std::time::Duration::from_secs(10)),
+                read: Some(std::time::Duration::from_secs(120)),
+                whole: None,
+            })
+            .get(u)
+            .call()
+            .map_err(|e| ApiError::invalid("url", format!("cannot download {u}: {e}")))?;
+            resp.into_reader()
+        }
+    };
     let part = part_path(dest);
     let (total, sha256) =
         zstack_common::fsutil::copy_hashing(&mut *reader, &part).map_err(|e| match e {

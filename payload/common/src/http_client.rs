@@ -1,0 +1,29 @@
+//! The one way the stack's programs make an HTTP client: the timeouts are the caller's.
+
+use std::time::Duration;
+
+/// How long a client waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// For the connection to be made.
+    pub connect: Option<Duration>,
+    /// For each read of the answer (a long download keeps going while bytes come).
+    pub read: Option<Duration>,
+    /// For the whole call, connection and answer.
+    pub whole: Option<Duration>,
+}
+
+/// An HTTP client with `timeouts` (none given: it waits as long as the peer does).
+pub fn agent(timeouts: Timeouts) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new();
+    if let Some(t) = timeouts.connect {
+        builder = builder.timeout_connect(t);
+    }
+    if let Some(t) = timeouts.read {
+        builder = builder.timeout_read(t);
+    }
+    if let Some(t) = timeouts.whole {
+        builder = builder.timeout(t);
+    }
+    builder.build()
+}
