@@ -1,0 +1,397 @@
+//! A fresh install (and a safe re-run of one), step by step:
+//!
+//! 0. Read what is already on the host (installed release, database schema) and refuse what a
+//!    plain install must not do (a downgrade, an upgrade without `-u`, a foreign database).
+//! 1. Preflight ([`crate::preflight`]): every check before any change, all failures together.
+//! 2. Take the installer lock; a second installer says which process holds it.
+//! 3. Unpack the release into `<root>/versions/<version>/` (through a staging directory, each
+//!    file checked against the MANIFEST), switch `current` atomically, link the commands.
+//! 4. Write `/etc/zstack/zstack.properties` (0600, generated secrets; a re-run keeps every value
+//!    and only adds keys that are missing).
+//! 5. Create the database and apply the migrations through the ledger.
+//! 6. Render and install the systemd units (enabled), and the dump_mysql crontab line.
+//! 7. Start the services (systemd, or zstack-ctl's own supervisor) and wait until they answer.
+//! 8. Print the summary.
+//!
+//! Every change is recorded in an [`UndoLog`] first; a failure or Ctrl-C at any step replays it,
+//! so the host is left as it was. `ZSTACK_FAILPOINT=<step>` (a test aid) makes the named step fail
+//! after it has made its changes: unpack, current, links, config, database, units, cron, start;
+//! `ZSTACK_FAILPOINT=<step>:pause` instead waits there (up to 60 s) for a signal, so a test can
+//! interrupt a run at a known point.
+
+mod lock;
+mod plan;
+mod run;
+mod steps;
+
+pub use lock::InstallerLock;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use zstack_common::service::{InitSystem, Service};
+use zstack_common::{Layout, Release};
+
+use crate::binfmt::VerifiedBin;
+use crate::options::Options;
+use crate::preflight::{self, Preflight};
+use crate::report::Reporter;
+use crate::undo::UndoLog;
+
+use lock::take_lock;
+use plan::{existing_install_problems, existing_ip, print_plan, STEPS, UPGRADE_STEPS};
+use run::Run;
+
+/// Environment variable naming a step that must fail (test aid).
+pub const FAILPOINT_ENV: &str = "ZSTACK_FAILPOINT";
+
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub changed: bool,
+    pub outcome: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub ok: bool,
+    pub product: String,
+    pub version: String,
+    pub mode: &'static str,
+    /// With `-u`: the release upgraded from, and the verified backup taken first.
+    pub upgraded_from: Option<String>,
+    pub backup: Option<PathBuf>,
+    pub sysroot: Option<PathBuf>,
+    pub install_root: PathBuf,
+    pub release_dir: PathBuf,
+    pub properties: PathBuf,
+    pub database: Option<PathBuf>,
+    pub backup_dir: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub installer_log: PathBuf,
+    pub api_url: Option<String>,
+    pub agent_port: u16,
+    pub management_ip: String,
+    pub init: InitSystem,
+    pub services_started: bool,
+    /// The admin password, only on the run that generated it.
+    pub admin_password: Option<String>,
+    pub changed: bool,
+    pub steps: Vec<StepReport>,
+    pub warnings: Vec<String>,
+    pub elapsed_ms: u128,
+}
+
+/// Runs an install. On failure the host has been rolled back and the error says what failed.
+pub fn install(
+    opts: &Options,
+    bin: &VerifiedBin,
+    rep: &mut Reporter,
+    interrupted: &Arc<AtomicBool>,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    // The sysroot is made absolute but not created: nothing may change before preflight passes.
+    let sysroot = std::path::absolute(opts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/")))
+        .context("cannot resolve the sysroot path")?;
+    let layout = Layout::new(&sysroot, &opts.install_root);
+    let version = semver::Version::parse(&bin.trailer.version).context("the .bin's version")?;
+    let services = if opts.host_only {
+        vec![Service::KvmAgent]
+    } else {
+        vec![Service::Server, Service::KvmAgent]
+    };
+
+    // A run cut off before (a crash, kill -9) left its journal: put back what it changed first,
+    // under the lock, so every check below sees the host as it was before that run.
+    let journal = layout.host(layout.installer_journal());
+    let mut early_lock = None;
+    if journal.exists() && opts.dry_run {
+        rep.warn(&format!(
+            "an earlier installer run did not finish ({}); a real run will first put back what it changed",
+            journal.display()
+        ));
+    } else if journal.exists() {
+        early_lock = Some(take_lock(&layout)?);
+        if let Some(mut old) = UndoLog::load(&journal)? {
+            rep.warn(&format!(
+                "an earlier installer run ({}) did not finish; putting back what it changed",
+                old.what
+            ));
+            let failures = old.rollback(&layout);
+            if !failures.is_empty() {
+                bail!(
+                    "cannot put back what the interrupted run changed (journal {}):\n  {}",
+                    journal.display(),
+                    failures.join("\n  ")
+                );
+            }
+            rep.info("the interrupted run was rolled back; the host is as it was before it");
+        }
+    }
+
+    // 0 + 1: what is here, and preflight.
+    let mut problems = existing_install_problems(opts, &layout, &version);
+    let upgrade_from = if opts.upgrade {
+        Release::current(&layout).and_then(|r| r.semver().ok())
+    } else {
+        None
+    };
+    let db_size = std::fs::metadata(layout.host(layout.db_file()))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let pre = Preflight {
+        opts,
+        layout: &layout,
+        services: &services,
+        unpacked_size: bin.trailer.unpacked_size,
+        // The backup and its verification copy.
+        extra_data: if upgrade_from.is_some() {
+            db_size * 2
+        } else {
+            0
+        },
+    };
+    let findings = match pre.run() {
+        Ok(f) if problems.is_empty() => f,
+        Ok(_) => {
+            return Err(preflight_error(problems));
+        }
+        Err(mut p) => {
+            problems.append(&mut p);
+            return Err(preflight_error(problems));
+        }
+    };
+    for w in &findings.warnings {
+        rep.warn(w);
+    }
+    let management_ip = opts
+        .management_ip
+        .clone()
+        .or_else(|| existing_ip(&layout))
+        .or_else(preflight::default_route_ip)
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    rep.debug(&format!(
+        "system: {}, management IP {management_ip}",
+        findings.os_name
+    ));
+
+    let init = InitSystem::detect(&layout);
+    if opts.dry_run {
+        print_plan(opts, &layout, &version, &services, &management_ip, init);
+        bail_ok_dry_run()?;
+    }
+
+    // 2: the lock (under a sysroot, the sysroot is created first to hold it).
+    if layout.is_sysroot() {
+        std::fs::create_dir_all(&sysroot)
+            .with_context(|| format!("cannot create the sysroot {}", sysroot.display()))?;
+    }
+    let _lock = match early_lock {
+        Some(l) => l,
+        None => take_lock(&layout)?,
+    };
+    if let Ok(log) =
+        zstack_common::logfile::LogFile::open(&layout.host(layout.installer_log()), false)
+    {
+        rep.set_log(log);
+    }
+    rep.info(&format!(
+        "{} {} {} ({}) on {}{}",
+        match &upgrade_from {
+            Some(from) => format!("Upgrading from {from} to"),
+            None => "Installing".to_string(),
+        },
+        bin.trailer.product,
+        version,
+        if opts.host_only {
+            "host agent only"
+        } else {
+            "all-in-one"
+        },
+        findings.os_name,
+        if layout.is_sysroot() {
+            format!(" into sysroot {}", sysroot.display())
+        } else {
+            String::new()
+        }
+    ));
+
+    let mut run = Run {
+        opts,
+        layout,
+        bin,
+        version,
+        services,
+        undo: UndoLog::on_disk(
+            journal,
+            match &upgrade_from {
+                Some(from) => format!("upgrade from {from} to {}", bin.trailer.version),
+                None => format!("install of {}", bin.trailer.version),
+            },
+        )?,
+        management_ip,
+        admin_password: None,
+        props: None,
+        templates: None,
+        discard_on_success: Vec::new(),
+        upgrade_from,
+        backup: None,
+    };
+    let mut reports = Vec::new();
+    let plan = if run.upgrade_from.is_some() {
+        UPGRADE_STEPS
+    } else {
+        STEPS
+    };
+    let steps: Vec<_> = plan.iter().filter(|(id, _)| run.wants(id)).collect();
+    let total = steps.len();
+    for (i, (id, title)) in steps.iter().enumerate() {
+        rep.step_start(i + 1, total, title);
+        let result = if interrupted.load(Ordering::SeqCst) {
+            Err(anyhow::anyhow!("interrupted"))
+        } else {
+            run.step(id, rep).and_then(|outcome| {
+                failpoint(id, interrupted, rep)?;
+                if interrupted.load(Ordering::SeqCst) {
+                    bail!("interrupted");
+                }
+                Ok(outcome)
+            })
+        };
+        match result {
+            Ok((changed, outcome)) => {
+                rep.step_done(&outcome);
+                reports.push(StepReport {
+                    id,
+                    title,
+                    changed,
+                    outcome,
+                });
+            }
+            Err(e) => {
+                rep.step_failed(&format!("{e:#}"));
+                let failures = run.undo.rollback(&run.layout);
+                let rolled = if failures.is_empty() {
+                    "everything this run changed was put back".to_string()
+                } else {
+                    format!("rolling back left problems:\n  {}", failures.join("\n  "))
+                };
+                return Err(e.context(format!(
+                    "step {} of {total} ({title}) failed; {rolled}",
+                    i + 1
+                )));
+            }
+        }
+    }
+
+    run.undo.commit();
+    if let Some(from) = &run.upgrade_from {
+        // The release upgraded from is kept (for a manual roll back) until the next upgrade.
+        prune_old_releases(&run.layout, &[from.to_string(), run.version.to_string()]);
+    }
+    for p in &run.discard_on_success {
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    }
+    let changed = reports.iter().any(|r| r.changed);
+    let props = run.props.as_ref();
+    let api_port = props
+        .and_then(|p| Service::Server.port(p).ok())
+        .unwrap_or(8080);
+    let agent_port = props
+        .and_then(|p| Service::KvmAgent.port(p).ok())
+        .unwrap_or(7070);
+    let l = &run.layout;
+    let server = run.services.contains(&Service::Server);
+    Ok(Summary {
+        ok: true,
+        product: run.bin.trailer.product.clone(),
+        version: run.version.to_string(),
+        mode: if run.upgrade_from.is_some() {
+            "upgrade"
+        } else if opts.host_only {
+            "host-only"
+        } else {
+            "all-in-one"
+        },
+        upgraded_from: run.upgrade_from.as_ref().map(|v| v.to_string()),
+        backup: run.backup.clone(),
+        sysroot: l.is_sysroot().then(|| l.sysroot().to_path_buf()),
+        install_root: l.install_root().to_path_buf(),
+        release_dir: l.version_dir(&run.version.to_string()),
+        properties: l.properties_file(),
+        database: server.then(|| l.db_file()),
+        backup_dir: server.then(|| l.backup_dir()),
+        log_dir: l.log_dir(),
+        installer_log: l.installer_log(),
+        api_url: server.then(|| format!("http://{}:{api_port}", run.management_ip)),
+        agent_port,
+        management_ip: run.management_ip.clone(),
+        init,
+        services_started: run.wants("start"),
+        admin_password: run.admin_password.clone(),
+        changed,
+        steps: reports,
+        warnings: findings.warnings,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}
+
+/// Honours `ZSTACK_FAILPOINT` after step `id` has made its changes.
+fn failpoint(id: &str, interrupted: &AtomicBool, rep: &Reporter) -> anyhow::Result<()> {
+    let Ok(fp) = std::env::var(FAILPOINT_ENV) else {
+        return Ok(());
+    };
+    if fp == id {
+        bail!("failpoint {FAILPOINT_ENV}={id} triggered (test aid)");
+    }
+    if fp.strip_suffix(":pause") == Some(id) {
+        rep.info(&format!("failpoint: paused after step {id} (test aid)"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !interrupted.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// The error preflight problems make: every one on its own line.
+fn preflight_error(problems: Vec<String>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "preflight found {} problem(s); nothing was changed:\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    )
+}
+
+/// A dry run ends here with success; the caller prints nothing more.
+fn bail_ok_dry_run() -> anyhow::Result<()> {
+    Err(anyhow::Error::new(DryRunDone))
+}
+
+/// Marker: a dry run finished (not a failure).
+#[derive(Debug, thiserror::Error)]
+#[error("dry run: nothing was changed")]
+pub struct DryRunDone;
+
+/// What a plain install must refuse given what is already installed.
+/// Removes release trees other than `keep` (and any leftover staging directory).
+fn prune_old_releases(layout: &Layout, keep: &[String]) {
+    let Ok(rd) = std::fs::read_dir(layout.host(layout.versions_dir())) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
