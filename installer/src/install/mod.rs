@@ -1,23 +1,33 @@
-//! A fresh install (and a safe re-run of one), step by step:
+//! An install, an upgrade (`-u`) and a safe re-run of either, as [`install`] reads:
 //!
-//! 0. Read what is already on the host (installed release, database schema) and refuse what a
-//!    plain install must not do (a downgrade, an upgrade without `-u`, a foreign database).
-//! 1. Preflight ([`crate::preflight`]): every check before any change, all failures together.
-//! 2. Take the installer lock; a second installer says which process holds it.
-//! 3. Unpack the release into `<root>/versions/<version>/` (through a staging directory, each
-//!    file checked against the MANIFEST), switch `current` atomically, link the commands.
-//! 4. Write `/etc/zstack/zstack.properties` (0600, generated secrets; a re-run keeps every value
-//!    and only adds keys that are missing).
-//! 5. Create the database and apply the migrations through the ledger.
-//! 6. Render and install the systemd units (enabled), and the dump_mysql crontab line.
-//! 7. Start the services (systemd, or zstack-ctl's own supervisor) and wait until they answer.
-//! 8. Print the summary.
+//! 1. [`Target::of`]: what is installed where (sysroot, install root, release, the services:
+//!    the management node and the host agent, or the agent alone with `--host-only`).
+//! 2. [`recover_interrupted_run`]: a journal left by a run that was cut off is replayed first,
+//!    under the lock, so everything after sees the host as it was before that run.
+//! 3. [`make_plan`]: what is already installed (release, database schema) and what a run must
+//!    refuse (a downgrade, an upgrade without `-u`, a foreign database), then preflight
+//!    ([`crate::preflight`]: every check before any change, all failures together); the
+//!    management IP, the init system and the steps ([`plan::steps`]). `--dry-run` prints the
+//!    plan and stops here.
+//! 4. [`lock_the_host`]: the installer lock; a second installer says which process holds it.
+//! 5. [`begin_run`] and [`run_steps`]: the steps, one method each in [`steps`]:
+//!    - `unpack`: the release into `<root>/versions/<version>/` through a staging directory,
+//!      each file checked against the MANIFEST;
+//!    - `backup`, `stop`, `migrate` (upgrade): a verified backup of the database, the
+//!      management node stopped, the migrations applied through the ledger;
+//!    - `config`: `/etc/zstack/zstack.properties` (0600, generated secrets; a re-run keeps every
+//!      value and only adds keys that are missing; an upgrade applies the config steps of the
+//!      releases in between);
+//!    - `current`: the `current` symlink switched atomically; `links`: the commands in /usr/bin;
+//!    - `database` (install): the database created, or an existing one migrated;
+//!    - `units`: the systemd units rendered, installed and enabled; `cron`: the dump_mysql line;
+//!    - `start`: the services started (systemd, or zstack-ctl's own supervisor) and answering.
+//! 6. [`finish_run`]: the journal and the safety copies go; [`summary`] says what was done.
 //!
 //! Every change is recorded in an [`UndoLog`] first; a failure or Ctrl-C at any step replays it,
 //! so the host is left as it was. `ZSTACK_FAILPOINT=<step>` (a test aid) makes the named step fail
-//! after it has made its changes: unpack, current, links, config, database, units, cron, start;
-//! `ZSTACK_FAILPOINT=<step>:pause` instead waits there (up to 60 s) for a signal, so a test can
-//! interrupt a run at a known point.
+//! after it has made its changes; `ZSTACK_FAILPOINT=<step>:pause` instead waits there (up to
+//! 60 s) for a signal, so a test can interrupt a run at a known point.
 
 mod lock;
 mod plan;
@@ -43,7 +53,7 @@ use crate::report::Reporter;
 use crate::undo::UndoLog;
 
 use lock::take_lock;
-use plan::{existing_install_problems, existing_ip, print_plan, STEPS, UPGRADE_STEPS};
+use plan::{existing_install_problems, existing_ip, print_plan};
 use run::Run;
 
 /// Environment variable naming a step that must fail (test aid).
@@ -87,7 +97,8 @@ pub struct Summary {
     pub elapsed_ms: u128,
 }
 
-/// Runs an install. On failure the host has been rolled back and the error says what failed.
+/// Runs an install or an upgrade. On failure the host has been rolled back and the error says
+/// what failed.
 pub fn install(
     opts: &Options,
     bin: &VerifiedBin,
@@ -95,49 +106,122 @@ pub fn install(
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    // The sysroot is made absolute but not created: nothing may change before preflight passes.
-    let sysroot = std::path::absolute(opts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/")))
-        .context("cannot resolve the sysroot path")?;
-    let layout = Layout::new(&sysroot, &opts.install_root);
-    let version = semver::Version::parse(&bin.trailer.version).context("the .bin's version")?;
-    let services = if opts.host_only {
-        vec![Service::KvmAgent]
-    } else {
-        vec![Service::Server, Service::KvmAgent]
+    let target = Target::of(opts, bin)?;
+    let recovery_lock = recover_interrupted_run(opts, &target.layout, rep)?;
+    let plan = make_plan(opts, bin, &target, rep)?;
+    if opts.dry_run {
+        print_plan(
+            opts,
+            &target.layout,
+            &target.version,
+            &target.services,
+            &plan.management_ip,
+            plan.init,
+        );
+        return Err(anyhow::Error::new(DryRunDone));
+    }
+    let _lock = match recovery_lock {
+        Some(lock) => lock,
+        None => lock_the_host(&target.layout)?,
     };
+    announce(opts, bin, &target, &plan, rep);
+    let mut run = begin_run(opts, bin, target, &plan)?;
+    let reports = run_steps(&mut run, &plan, rep, interrupted)?;
+    finish_run(&mut run);
+    Ok(summary(opts, &run, plan, reports, started))
+}
 
-    // A run cut off before (a crash, kill -9) left its journal: put back what it changed first,
-    // under the lock, so every check below sees the host as it was before that run.
+/// What is being installed, and where: nothing on the host is read or changed yet.
+struct Target {
+    layout: Layout,
+    version: semver::Version,
+    services: Vec<Service>,
+}
+
+impl Target {
+    fn of(opts: &Options, bin: &VerifiedBin) -> anyhow::Result<Target> {
+        // The sysroot is made absolute but not created: nothing may change before preflight passes.
+        let sysroot =
+            std::path::absolute(opts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/")))
+                .context("cannot resolve the sysroot path")?;
+        Ok(Target {
+            layout: Layout::new(&sysroot, &opts.install_root),
+            version: semver::Version::parse(&bin.trailer.version).context("the .bin's version")?,
+            services: if opts.host_only {
+                vec![Service::KvmAgent]
+            } else {
+                vec![Service::Server, Service::KvmAgent]
+            },
+        })
+    }
+}
+
+/// A run cut off before (a crash, kill -9) left its journal: puts back what it changed first,
+/// under the lock (returned, to be kept for this run), so every check after sees the host as it
+/// was before that run. A dry run only warns.
+fn recover_interrupted_run(
+    opts: &Options,
+    layout: &Layout,
+    rep: &mut Reporter,
+) -> anyhow::Result<Option<InstallerLock>> {
     let journal = layout.host(layout.installer_journal());
-    let mut early_lock = None;
-    if journal.exists() && opts.dry_run {
+    if !journal.exists() {
+        return Ok(None);
+    }
+    if opts.dry_run {
         rep.warn(&format!(
             "an earlier installer run did not finish ({}); a real run will first put back what it changed",
             journal.display()
         ));
-    } else if journal.exists() {
-        early_lock = Some(take_lock(&layout)?);
-        if let Some(mut old) = UndoLog::load(&journal)? {
-            rep.warn(&format!(
-                "an earlier installer run ({}) did not finish; putting back what it changed",
-                old.what
-            ));
-            let failures = old.rollback(&layout);
-            if !failures.is_empty() {
-                bail!(
-                    "cannot put back what the interrupted run changed (journal {}):\n  {}",
-                    journal.display(),
-                    failures.join("\n  ")
-                );
-            }
-            rep.info("the interrupted run was rolled back; the host is as it was before it");
-        }
+        return Ok(None);
     }
+    let lock = take_lock(layout)?;
+    if let Some(mut old) = UndoLog::load(&journal)? {
+        rep.warn(&format!(
+            "an earlier installer run ({}) did not finish; putting back what it changed",
+            old.what
+        ));
+        let failures = old.rollback(layout);
+        if !failures.is_empty() {
+            bail!(
+                "cannot put back what the interrupted run changed (journal {}):\n  {}",
+                journal.display(),
+                failures.join("\n  ")
+            );
+        }
+        rep.info("the interrupted run was rolled back; the host is as it was before it");
+    }
+    Ok(Some(lock))
+}
 
-    // 0 + 1: what is here, and preflight.
-    let mut problems = existing_install_problems(opts, &layout, &version);
+/// What this run will do, decided before anything changes: what is installed, preflight, the
+/// management IP and init system, and the steps.
+struct Plan {
+    upgrade_from: Option<semver::Version>,
+    findings: preflight::Findings,
+    management_ip: String,
+    init: InitSystem,
+    steps: Vec<(&'static str, &'static str)>,
+}
+
+impl Plan {
+    fn starts_services(&self) -> bool {
+        self.steps.iter().any(|(id, _)| *id == "start")
+    }
+}
+
+/// Reads what is already installed and runs preflight; every problem found is reported
+/// together, and nothing is changed.
+fn make_plan(
+    opts: &Options,
+    bin: &VerifiedBin,
+    target: &Target,
+    rep: &mut Reporter,
+) -> anyhow::Result<Plan> {
+    let layout = &target.layout;
+    let mut problems = existing_install_problems(opts, layout, &target.version);
     let upgrade_from = if opts.upgrade {
-        Release::current(&layout).and_then(|r| r.semver().ok())
+        Release::current(layout).and_then(|r| r.semver().ok())
     } else {
         None
     };
@@ -146,8 +230,8 @@ pub fn install(
         .unwrap_or(0);
     let pre = Preflight {
         opts,
-        layout: &layout,
-        services: &services,
+        layout,
+        services: &target.services,
         unpacked_size: bin.trailer.unpacked_size,
         // The backup and its verification copy.
         extra_data: if upgrade_from.is_some() {
@@ -158,9 +242,7 @@ pub fn install(
     };
     let findings = match pre.run() {
         Ok(f) if problems.is_empty() => f,
-        Ok(_) => {
-            return Err(preflight_error(problems));
-        }
+        Ok(_) => return Err(preflight_error(problems)),
         Err(mut p) => {
             problems.append(&mut p);
             return Err(preflight_error(problems));
@@ -172,29 +254,39 @@ pub fn install(
     let management_ip = opts
         .management_ip
         .clone()
-        .or_else(|| existing_ip(&layout))
+        .or_else(|| existing_ip(layout))
         .or_else(preflight::default_route_ip)
         .unwrap_or_else(|| "127.0.0.1".to_string());
     rep.debug(&format!(
         "system: {}, management IP {management_ip}",
         findings.os_name
     ));
+    let steps = plan::steps(
+        upgrade_from.is_some(),
+        target.services.contains(&Service::Server),
+        !opts.no_start && !layout.is_sysroot(),
+    );
+    Ok(Plan {
+        upgrade_from,
+        findings,
+        management_ip,
+        init: InitSystem::detect(layout),
+        steps,
+    })
+}
 
-    let init = InitSystem::detect(&layout);
-    if opts.dry_run {
-        print_plan(opts, &layout, &version, &services, &management_ip, init);
-        bail_ok_dry_run()?;
-    }
-
-    // 2: the lock (under a sysroot, the sysroot is created first to hold it).
+/// Takes the installer lock (under a sysroot, the sysroot is created first to hold it).
+fn lock_the_host(layout: &Layout) -> anyhow::Result<InstallerLock> {
     if layout.is_sysroot() {
-        std::fs::create_dir_all(&sysroot)
-            .with_context(|| format!("cannot create the sysroot {}", sysroot.display()))?;
+        std::fs::create_dir_all(layout.sysroot())
+            .with_context(|| format!("cannot create the sysroot {}", layout.sysroot().display()))?;
     }
-    let _lock = match early_lock {
-        Some(l) => l,
-        None => take_lock(&layout)?,
-    };
+    take_lock(layout)
+}
+
+/// Opens the installer log and says what this run is.
+fn announce(opts: &Options, bin: &VerifiedBin, target: &Target, plan: &Plan, rep: &mut Reporter) {
+    let layout = &target.layout;
     if let Ok(log) =
         zstack_common::logfile::LogFile::open(&layout.host(layout.installer_log()), false)
     {
@@ -202,55 +294,66 @@ pub fn install(
     }
     rep.info(&format!(
         "{} {} {} ({}) on {}{}",
-        match &upgrade_from {
+        match &plan.upgrade_from {
             Some(from) => format!("Upgrading from {from} to"),
             None => "Installing".to_string(),
         },
         bin.trailer.product,
-        version,
+        target.version,
         if opts.host_only {
             "host agent only"
         } else {
             "all-in-one"
         },
-        findings.os_name,
+        plan.findings.os_name,
         if layout.is_sysroot() {
-            format!(" into sysroot {}", sysroot.display())
+            format!(" into sysroot {}", layout.sysroot().display())
         } else {
             String::new()
         }
     ));
+}
 
-    let mut run = Run {
+/// The run's state, with its undo journal started on disk.
+fn begin_run<'a>(
+    opts: &'a Options,
+    bin: &'a VerifiedBin,
+    target: Target,
+    plan: &Plan,
+) -> anyhow::Result<Run<'a>> {
+    let journal = target.layout.host(target.layout.installer_journal());
+    let what = match &plan.upgrade_from {
+        Some(from) => format!("upgrade from {from} to {}", bin.trailer.version),
+        None => format!("install of {}", bin.trailer.version),
+    };
+    Ok(Run {
         opts,
-        layout,
+        layout: target.layout,
         bin,
-        version,
-        services,
-        undo: UndoLog::on_disk(
-            journal,
-            match &upgrade_from {
-                Some(from) => format!("upgrade from {from} to {}", bin.trailer.version),
-                None => format!("install of {}", bin.trailer.version),
-            },
-        )?,
-        management_ip,
+        version: target.version,
+        services: target.services,
+        undo: UndoLog::on_disk(journal, what)?,
+        management_ip: plan.management_ip.clone(),
         admin_password: None,
         props: None,
         templates: None,
         discard_on_success: Vec::new(),
-        upgrade_from,
+        upgrade_from: plan.upgrade_from.clone(),
         backup: None,
-    };
+    })
+}
+
+/// Runs the plan's steps in order; a failure, a failpoint or a signal rolls back everything the
+/// run changed, and the error names the step.
+fn run_steps(
+    run: &mut Run,
+    plan: &Plan,
+    rep: &mut Reporter,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Vec<StepReport>> {
+    let total = plan.steps.len();
     let mut reports = Vec::new();
-    let plan = if run.upgrade_from.is_some() {
-        UPGRADE_STEPS
-    } else {
-        STEPS
-    };
-    let steps: Vec<_> = plan.iter().filter(|(id, _)| run.wants(id)).collect();
-    let total = steps.len();
-    for (i, (id, title)) in steps.iter().enumerate() {
+    for (i, &(id, title)) in plan.steps.iter().enumerate() {
         rep.step_start(i + 1, total, title);
         let result = if interrupted.load(Ordering::SeqCst) {
             Err(anyhow::anyhow!("interrupted"))
@@ -288,7 +391,12 @@ pub fn install(
             }
         }
     }
+    Ok(reports)
+}
 
+/// Every step succeeded: the journal goes, and so do the safety copies (and, after an upgrade,
+/// release trees older than the one upgraded from).
+fn finish_run(run: &mut Run) {
     run.undo.commit();
     if let Some(from) = &run.upgrade_from {
         // The release upgraded from is kept (for a manual roll back) until the next upgrade.
@@ -301,6 +409,17 @@ pub fn install(
             std::fs::remove_file(p)
         };
     }
+}
+
+/// What the run did and where everything is, for the operator.
+fn summary(
+    opts: &Options,
+    run: &Run,
+    plan: Plan,
+    reports: Vec<StepReport>,
+    started: Instant,
+) -> Summary {
+    let services_started = plan.starts_services();
     let changed = reports.iter().any(|r| r.changed);
     let props = run.props.as_ref();
     let api_port = props
@@ -311,7 +430,7 @@ pub fn install(
         .unwrap_or(7070);
     let l = &run.layout;
     let server = run.services.contains(&Service::Server);
-    Ok(Summary {
+    Summary {
         ok: true,
         product: run.bin.trailer.product.clone(),
         version: run.version.to_string(),
@@ -335,14 +454,14 @@ pub fn install(
         api_url: server.then(|| format!("http://{}:{api_port}", run.management_ip)),
         agent_port,
         management_ip: run.management_ip.clone(),
-        init,
-        services_started: run.wants("start"),
+        init: plan.init,
+        services_started,
         admin_password: run.admin_password.clone(),
         changed,
         steps: reports,
-        warnings: findings.warnings,
+        warnings: plan.findings.warnings,
         elapsed_ms: started.elapsed().as_millis(),
-    })
+    }
 }
 
 /// Honours `ZSTACK_FAILPOINT` after step `id` has made its changes.
@@ -370,11 +489,6 @@ fn preflight_error(problems: Vec<String>) -> anyhow::Error {
         problems.len(),
         problems.join("\n  - ")
     )
-}
-
-/// A dry run ends here with success; the caller prints nothing more.
-fn bail_ok_dry_run() -> anyhow::Result<()> {
-    Err(anyhow::Error::new(DryRunDone))
 }
 
 /// Marker: a dry run finished (not a failure).

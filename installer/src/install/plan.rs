@@ -9,7 +9,7 @@ use zstack_common::{Layout, Properties, Release};
 use crate::options::Options;
 
 /// The steps of an upgrade (`-u`), in order.
-pub(super) const UPGRADE_STEPS: &[(&str, &str)] = &[
+const UPGRADE_STEPS: &[(&str, &str)] = &[
     ("unpack", "Unpack the new release"),
     ("backup", "Back up the database (verified)"),
     ("stop", "Stop the management node"),
@@ -23,7 +23,7 @@ pub(super) const UPGRADE_STEPS: &[(&str, &str)] = &[
 ];
 
 /// The steps of an install, in order.
-pub(super) const STEPS: &[(&str, &str)] = &[
+const STEPS: &[(&str, &str)] = &[
     ("unpack", "Unpack the release"),
     ("current", "Switch `current`"),
     ("links", "Link the commands into /usr/bin"),
@@ -33,6 +33,20 @@ pub(super) const STEPS: &[(&str, &str)] = &[
     ("cron", "Install the backup crontab line"),
     ("start", "Start the services"),
 ];
+
+/// The steps this run takes, in order: an upgrade's or an install's; the database, backup and
+/// crontab steps only where the management node is installed; `start` unless told not to start.
+pub(super) fn steps(upgrade: bool, server: bool, start: bool) -> Vec<(&'static str, &'static str)> {
+    let all = if upgrade { UPGRADE_STEPS } else { STEPS };
+    all.iter()
+        .copied()
+        .filter(|(id, _)| match *id {
+            "backup" | "stop" | "migrate" | "database" | "cron" => server,
+            "start" => start,
+            _ => true,
+        })
+        .collect()
+}
 
 pub(super) fn existing_install_problems(
     opts: &Options,

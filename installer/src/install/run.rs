@@ -37,18 +37,6 @@ pub(super) struct Run<'a> {
 }
 
 impl Run<'_> {
-    pub(super) fn wants(&self, id: &str) -> bool {
-        let server = self.services.contains(&Service::Server);
-        let upgrade = self.upgrade_from.is_some();
-        match id {
-            "backup" | "stop" | "migrate" => upgrade && server,
-            "database" => !upgrade && server,
-            "cron" => server,
-            "start" => !self.opts.no_start && !self.layout.is_sysroot(),
-            _ => true,
-        }
-    }
-
     pub(super) fn step(&mut self, id: &str, rep: &Reporter) -> anyhow::Result<(bool, String)> {
         match id {
             "unpack" => self.unpack(rep),
