@@ -19,7 +19,7 @@ RUNTIME="$QEMU_UTILS qemu-system-x86 libvirt-daemon-system libvirt-clients dnsma
     nftables iptables iproute2 iputils-arping util-linux cron sqlite3 procps ca-certificates"
 TEST="makeself hyperfine systemd systemd-container debootstrap util-linux e2fsprogs psmisc kmod
     curl gzip zstd xz-utils python3 isolinux syslinux-common xorriso cpio
-    iputils-ping isc-dhcp-client cloud-init lighttpd wrk"
+    iputils-ping isc-dhcp-client cloud-init lighttpd wrk chromium chromium-driver"
 
 case "${1:-all}" in
     runtime) PACKAGES=$RUNTIME ;;

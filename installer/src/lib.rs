@@ -254,6 +254,9 @@ fn print_summary(s: &Summary) {
     println!();
     if let Some(api) = &s.api_url {
         println!("  API:            {api}");
+        if let Some(url) = dashboard_url(s, &root(&s.properties)) {
+            println!("  dashboard:      {url}");
+        }
     }
     println!("  host agent:     port {} on this host", s.agent_port);
     if s.api_url.is_some() {
@@ -295,4 +298,15 @@ fn print_summary(s: &Summary) {
         );
     }
     println!("  took:           {:.1}s", s.elapsed_ms as f64 / 1000.0);
+}
+
+/// The dashboard's address (1.2.0 on): `dashboard.port` of the installed zstack.properties.
+fn dashboard_url(s: &Summary, properties: &str) -> Option<String> {
+    let version = semver::Version::parse(&s.version).ok()?;
+    if version < semver::Version::new(1, 2, 0) {
+        return None;
+    }
+    let props = zstack_common::Properties::load(std::path::Path::new(properties)).ok()?;
+    let port = zstack_common::service::dashboard_port(&props).ok()?;
+    Some(format!("http://{}:{port}", s.management_ip))
 }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod kvm;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

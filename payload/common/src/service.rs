@@ -17,6 +17,16 @@ pub mod keys {
     /// hosts where /dev/kvm exists but cannot run guests, e.g. nested without hardware support).
     pub const AGENT_VIRTUALIZATION: &str = "kvmagent.virtualization";
     pub const ADMIN_PASSWORD: &str = "admin.password";
+    /// The port of the web dashboard zstack-server serves (5000).
+    pub const DASHBOARD_PORT: &str = "dashboard.port";
+}
+
+/// The original's dashboard port.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 5000;
+
+/// The port of the dashboard zstack-server serves: `dashboard.port`, 5000 when absent.
+pub fn dashboard_port(props: &Properties) -> Result<u16, String> {
+    props.get_or(keys::DASHBOARD_PORT, DEFAULT_DASHBOARD_PORT)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -505,6 +505,13 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
         .port(&props)
         .map(|p| format!("http://{ip}:{p}"))
         .ok();
+    // The dashboard came with 1.2.0.
+    let dashboard = release
+        .as_ref()
+        .and_then(|r| r.semver().ok())
+        .filter(|v| *v >= semver::Version::new(1, 2, 0))
+        .and_then(|_| zstack_common::service::dashboard_port(&props).ok())
+        .map(|p| format!("http://{ip}:{p}"));
     let db = layout.host(layout.db_file());
     let db_size = std::fs::metadata(&db).ok().map(|m| m.len());
     let last_backup = backup::latest_backup(&layout.host(layout.backup_dir()));
@@ -521,6 +528,7 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
                 "version": release.as_ref().map(|r| r.version.clone()),
                 "init": init,
                 "api": api,
+                "dashboard": dashboard,
                 "db": {"path": db, "size": db_size},
                 "last_backup": last_backup.as_ref().map(|b| json!({"path": b.path, "age_seconds": backup_age})),
                 "services": statuses,
@@ -553,6 +561,9 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
     if services.contains(&Service::Server) {
         if let Some(api) = api {
             println!("{:<17} {api}", "API:");
+        }
+        if let Some(url) = dashboard {
+            println!("{:<17} {url}", "dashboard:");
         }
         match db_size {
             Some(size) => println!(

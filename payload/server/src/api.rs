@@ -15,7 +15,7 @@ use zstack_common::suggest::closest;
 
 use crate::error::ApiError;
 use crate::job::Job;
-use crate::query::{Query, Table};
+use crate::query::{Query, Sort, Table};
 use crate::resources;
 use crate::Node;
 
@@ -94,6 +94,11 @@ pub const QUERY_PARAMS: &[Param] = &[
     opt("limit", "at most this many results"),
     opt("start", "skip this many results (with limit)"),
     opt("count", "true: return only {total: N}"),
+    opt(
+        "sortBy",
+        "the field to order the results by (then creation order)",
+    ),
+    opt("sortDirection", "asc (default) or desc"),
 ];
 
 /// The calls of each release: a release serves the calls whose tables its schema has. (Before
@@ -223,7 +228,7 @@ pub fn reference_markdown() -> String {
          \"Running|Succeeded|Failed\", \"result\", \"error\"}}` as soon as the job ends. Errors are \
          `{\"error\": {\"code\", \"message\", \"field\"}}`.\n\n\
          Queries take conditions `{name, op, value}` with `= != > >= < <= ~= !~= ?= !?= is null \
-         not null`, and `fields`, `limit`, `start`, `count`.\n",
+         not null`, and `fields`, `limit`, `start`, `count`, `sortBy`, `sortDirection`.\n",
     );
     for a in all() {
         out.push_str(&format!("\n## {}\n\n{}", a.name, a.description));
@@ -371,7 +376,8 @@ impl Call<'_> {
         if self.bool("count")? == Some(true) {
             return Ok(json!({"total": q.count(self.conn, t)?}));
         }
-        Ok(json!({"inventories": q.run(self.conn, t)?}))
+        let sort = Sort::from_params(self.params)?;
+        Ok(json!({"inventories": q.run_sorted(self.conn, t, sort.as_ref())?}))
     }
 }
 

@@ -257,6 +257,16 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     ));
     if tracks_hosts {
         start_host_tracker(node.clone());
+        // The dashboard (1.2.0 on) speaks to this API on loopback, as zstack-cli does.
+        let dashboard_port =
+            zstack_common::service::dashboard_port(&props).map_err(anyhow::Error::msg)?;
+        zstack_dashboard::start(
+            zstack_dashboard::Config {
+                port: dashboard_port,
+                api_url: format!("http://127.0.0.1:{port}"),
+            },
+            log.clone(),
+        )?;
     }
     let app = router(node.clone());
     zstack_http::serve_until_signal(

@@ -113,6 +113,16 @@ impl Query {
     }
 
     pub fn run(&self, conn: &Connection, t: &Table) -> Result<Vec<Value>, ApiError> {
+        self.run_sorted(conn, t, None)
+    }
+
+    /// [`Query::run`] in the order of `sort` (then creation order), or creation order alone.
+    pub fn run_sorted(
+        &self,
+        conn: &Connection,
+        t: &Table,
+        sort: Option<&Sort>,
+    ) -> Result<Vec<Value>, ApiError> {
         let selected: Vec<(&str, &str)> = match &self.fields {
             None => t.fields.to_vec(),
             Some(list) => list
@@ -132,8 +142,16 @@ impl Query {
                 .collect::<Result<_, _>>()?,
         };
         let (wheres, args) = self.where_clause(t)?;
+        let order = match sort {
+            None => String::new(),
+            Some(s) => format!(
+                "{} {}, ",
+                column(t, &s.field, "sortBy")?,
+                if s.descending { "DESC" } else { "ASC" }
+            ),
+        };
         let mut sql = format!(
-            "SELECT {} FROM {}{wheres} ORDER BY rowid",
+            "SELECT {} FROM {}{wheres} ORDER BY {order}rowid",
             selected
                 .iter()
                 .map(|(_, c)| *c)
@@ -216,6 +234,34 @@ impl Query {
             format!(" WHERE {}", wheres.join(" AND "))
         };
         Ok((sql, args))
+    }
+}
+
+/// The order of a query's results: `sortBy` (a field) and `sortDirection` (`asc`, `desc`).
+pub struct Sort {
+    pub field: String,
+    pub descending: bool,
+}
+
+impl Sort {
+    /// Reads `sortBy` and `sortDirection`; `None` without `sortBy`.
+    pub fn from_params(params: &Map<String, Value>) -> Result<Option<Sort>, ApiError> {
+        let field = match params.get("sortBy") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => return Err(ApiError::invalid("sortBy", "sortBy must be a field name")),
+        };
+        let descending = match params.get("sortDirection").and_then(Value::as_str) {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "sortDirection",
+                    format!("sortDirection is asc or desc, not {other:?}"),
+                ))
+            }
+        };
+        Ok(Some(Sort { field, descending }))
     }
 }
 
