@@ -14,6 +14,9 @@ use zstack_common::logfile::LogFile;
 use zstack_common::service::Service;
 use zstack_common::{Layout, PRODUCT};
 
+mod tls;
+pub use tls::{PeerAddress, PeerCertificate, TlsConfigCell};
+
 /// Runs `service`: opens its log file, runs `body`, and logs why it stopped if it failed.
 pub fn run_service(
     service: Service,
@@ -86,32 +89,111 @@ pub fn serve_until_signal(
     log: &LogFile,
     on_signal: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = app
-        .merge(health_router(service, version))
-        .fallback(not_found);
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let endpoint = Endpoint {
+        port,
+        listen: Listen::Plain,
+        app,
+    };
+    serve_endpoints_until_signal(service, version, vec![endpoint], log, on_signal)
+}
+
+/// How a port is served.
+#[derive(Clone)]
+pub enum Listen {
+    Plain,
+    /// TLS with this (replaceable) configuration; the peer's certificate reaches the handlers
+    /// as a [`PeerCertificate`] extension.
+    Tls(TlsConfigCell),
+}
+
+/// One listening port of a service and the routes it serves there.
+pub struct Endpoint {
+    pub port: u16,
+    pub listen: Listen,
+    pub app: Router,
+}
+
+/// Serves every endpoint (each with `/health` and the JSON 404) on all addresses until SIGTERM
+/// or SIGINT, calling `on_signal` then, and finishes the requests in flight.
+pub fn serve_endpoints_until_signal(
+    service: Service,
+    version: &str,
+    endpoints: Vec<Endpoint>,
+    log: &LogFile,
+    on_signal: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        log.info(&format!(
-            "{PRODUCT} {} {version} listening on {addr}, pid {}",
-            service.description(),
-            std::process::id()
-        ));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                shutdown_signal().await;
-                on_signal();
-            })
-            .await
-            .context("HTTP server failed")?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for endpoint in endpoints {
+            let addr = SocketAddr::from(([0, 0, 0, 0], endpoint.port));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let scheme = match endpoint.listen {
+                Listen::Plain => "http",
+                Listen::Tls(_) => "https",
+            };
+            log.info(&format!(
+                "{PRODUCT} {} {version} listening on {scheme}://{addr}, pid {}",
+                service.description(),
+                std::process::id()
+            ));
+            let app = endpoint
+                .app
+                .merge(health_router(service, version))
+                .fallback(not_found);
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                match endpoint.listen {
+                    Listen::Plain => axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                        .context("HTTP server failed"),
+                    Listen::Tls(config) => {
+                        serve_tls(listener, config, app, stopped).await;
+                        Ok(())
+                    }
+                }
+            }));
+        }
+        shutdown_signal().await;
+        on_signal();
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            task.await.context("a listener task failed")??;
+        }
         log.info(&format!("{} stopped", service.description()));
         Ok(())
     });
     rt.shutdown_timeout(SHUTDOWN_GRACE);
     served
+}
+
+/// Accepts TLS connections until `stopped`; connections in flight finish within the runtime's
+/// shutdown grace.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: TlsConfigCell,
+    app: Router,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let config = config.clone();
+                let app = app.clone();
+                tokio::spawn(async move { tls::serve_connection(tcp, peer, &config, app).await });
+            }
+            _ = &mut stopped => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {
