@@ -285,15 +285,18 @@ fn print_summary(s: &Summary) {
         root(&s.log_dir),
         root(&s.installer_log)
     );
-    if s.sysroot.is_none() {
+    let units = s.units.join(" and ");
+    if s.sysroot.is_some() {
+        println!("  units:          {units} (installed and enabled; nothing runs in a sysroot)");
+    } else {
         println!(
             "  services:       {}",
             match s.init {
                 zstack_common::service::InitSystem::Systemd =>
-                    "systemd units zstack-server and zstack-kvmagent, enabled at boot",
-                zstack_common::service::InitSystem::Supervisor => {
-                    "supervised by zstack-ctl (systemd is not PID 1 on this host); units installed for when it is"
-                }
+                    format!("systemd units {units}, enabled at boot"),
+                zstack_common::service::InitSystem::Supervisor => format!(
+                    "{units} supervised by zstack-ctl (systemd is not PID 1 on this host); units installed for when it is"
+                ),
             }
         );
     }

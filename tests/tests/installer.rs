@@ -916,18 +916,40 @@ fn host_only_install_root_drop_db_and_bad_ip() {
         .exists());
     assert!(!root.join("var/lib/zstack/zstack.db").exists());
     assert!(!root.join("var/spool/cron/crontabs/root").exists());
+    let props = std::fs::read_to_string(root.join("etc/zstack/zstack.properties")).unwrap();
+    assert!(props.contains("kvmagent.secret"), "{props}");
+    // A compute host has no accounts: no admin password on it, none in the summary.
+    assert!(!props.contains("admin.password"), "{props}");
+    assert!(s["admin_password"].is_null(), "{out}");
+    assert_eq!(s["units"], serde_json::json!(["zstack-kvmagent"]), "{out}");
+    // The summary an operator reads names the agent's unit and never the server's.
+    let out = ok(bin_cmd(
+        &bin,
+        &["--sysroot", root.to_str().unwrap(), "--host-only"],
+    ));
+    assert!(out.contains("units:          zstack-kvmagent"), "{out}");
+    assert!(!out.contains("zstack-server"), "{out}");
     assert!(
-        std::fs::read_to_string(root.join("etc/zstack/zstack.properties"))
+        !std::fs::read_to_string(root.join("etc/zstack/zstack.properties"))
             .unwrap()
-            .contains("kvmagent.secret")
+            .contains("admin.password")
     );
 
     // -r DIR: everything points into the other install root.
     let root = dir.path().join("opt");
-    ok(bin_cmd(
+    let out = ok(bin_cmd(
         &bin,
         &["--sysroot", root.to_str().unwrap(), "-r", "/opt/zs", "-q"],
     ));
+    assert!(
+        out.contains("units:          zstack-server and zstack-kvmagent"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("etc/zstack/zstack.properties"))
+            .unwrap()
+            .contains("admin.password = ")
+    );
     assert!(root.join("opt/zs/versions/1.2.0/bin/zstack").is_file());
     assert_eq!(
         std::fs::read_link(root.join("usr/bin/zstack-ctl")).unwrap(),

@@ -88,6 +88,9 @@ pub struct Summary {
     pub agent_port: u16,
     pub management_ip: String,
     pub init: InitSystem,
+    /// The systemd units this run installed: zstack-kvmagent, and zstack-server unless
+    /// `--host-only`.
+    pub units: Vec<String>,
     pub services_started: bool,
     /// The admin password, only on the run that generated it.
     pub admin_password: Option<String>,
@@ -455,6 +458,7 @@ fn summary(
         agent_port,
         management_ip: run.management_ip.clone(),
         init: plan.init,
+        units: run.services.iter().map(|s| s.name().to_string()).collect(),
         services_started,
         admin_password: run.admin_password.clone(),
         changed,

@@ -172,8 +172,11 @@ impl Run<'_> {
     pub(super) fn write_config(&mut self) -> anyhow::Result<(bool, String)> {
         let path = self.layout.host(self.layout.properties_file());
         self.mkdirs(&self.layout.host(self.layout.etc_dir()), 0o755)?;
+        // A compute host (--host-only) has no accounts: no admin password is written there.
+        let management_node = self.services.contains(&Service::Server);
         let password = zstack_common::secret::random_password()?;
         let ctx = serde_json::json!({
+            "management_node": management_node,
             "version": self.version_str(),
             "management_ip": self.management_ip,
             "api_port": Service::Server.default_port(),
@@ -188,7 +191,9 @@ impl Run<'_> {
         let defaults = Properties::parse(&rendered, "config/zstack.properties.tera")?;
         let (props, what) = match read_optional(&path)? {
             None => {
-                self.admin_password = Some(password);
+                if management_node {
+                    self.admin_password = Some(password);
+                }
                 (defaults, "written with new secrets".to_string())
             }
             Some(bytes) => {
