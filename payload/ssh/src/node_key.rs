@@ -1,0 +1,78 @@
+//! The management node's own SSH key: ed25519, `id_ed25519` (0600) and `id_ed25519.pub`, made
+//! at install. Hosts get its public line in root's authorized_keys when they join.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::PrivateKey;
+
+use crate::SshError;
+
+pub struct NodeKey {
+    key: PrivateKey,
+}
+
+fn key_err(path: &Path, reason: impl ToString) -> SshError {
+    SshError::Key {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl NodeKey {
+    /// Loads `dir/id_ed25519`, or makes it (and its `.pub`) if there is none.
+    pub fn load_or_create(dir: &Path) -> Result<NodeKey, SshError> {
+        let path = dir.join("id_ed25519");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| key_err(&path, e))?;
+            let key = PrivateKey::from_openssh(text).map_err(|e| key_err(&path, e))?;
+            return Ok(NodeKey { key });
+        }
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| key_err(&path, e))?;
+        let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        key.set_comment("zstack-management-node");
+        let node = NodeKey { key };
+        std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e))?;
+        let private = node
+            .key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| key_err(&path, e))?;
+        write_new(&path, private.as_bytes(), 0o600)?;
+        write_new(
+            &PathBuf::from(format!("{}.pub", path.display())),
+            format!("{}\n", node.public_line()?).as_bytes(),
+            0o644,
+        )?;
+        Ok(node)
+    }
+
+    /// `ssh-ed25519 AAAA... zstack-management-node`, as authorized_keys takes it.
+    pub fn public_line(&self) -> Result<String, SshError> {
+        self.key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| key_err(Path::new("id_ed25519.pub"), e))
+    }
+
+    pub(crate) fn private(&self) -> &PrivateKey {
+        &self.key
+    }
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), SshError> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| key_err(&tmp, e))?;
+    f.write_all(contents).map_err(|e| key_err(&tmp, e))?;
+    f.sync_all().map_err(|e| key_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| key_err(path, e))
+}
