@@ -4,8 +4,9 @@
 //! fails.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use zstack_common::agent_proto::NicSpec;
@@ -239,4 +240,113 @@ fn dhcp_serves_exactly_the_allocated_pair_and_spoofed_frames_are_dropped() {
     let rules = sh(&["nft", "list", "table", "bridge", TABLE]);
     assert!(!rules.contains("vnicaaaaaaaa.0"), "{rules}");
     assert!(!Path::new(&state.path().join(L3)).exists());
+}
+
+/// Listens on eth0 for ARP frames for 3 seconds after printing "ready"; prints one line per frame:
+/// the frame's source MAC and the ARP target IP.
+const ARP_RECEIVER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + 3
+while time.time() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    src = ":".join("%02x" % b for b in f[6:12])
+    print(src, socket.inet_ntoa(f[38:42]), flush=True)
+"#;
+
+/// Sends, from eth0, an ARP request whose frame source MAC is argv[1], whose payload says the
+/// sender is argv[2] (MAC) at argv[3] (IP), asking for argv[4]; three times.
+const ARP_SENDER: &str = r#"
+import socket, sys, time
+mac = lambda m: bytes(int(x, 16) for x in m.split(":"))
+frame_src, sender_mac, sender_ip, target_ip = sys.argv[1:5]
+frame = (b"\xff" * 6 + mac(frame_src) + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01"
+         + mac(sender_mac) + socket.inet_aton(sender_ip) + b"\x00" * 6 + socket.inet_aton(target_ip))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for _ in range(3):
+    s.send(frame)
+    time.sleep(0.1)
+"#;
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn arp_whose_frame_source_is_not_the_vms_mac_is_dropped() {
+    require_root();
+    let _cleanup = Cleanup {
+        table_was_there: run(Command::new("nft").args(["list", "table", "bridge", TABLE]))
+            .status
+            .success(),
+    };
+    sh(&["ip", "link", "add", "br_zsflat0", "type", "bridge"]);
+    sh(&["ip", "link", "set", "br_zsflat0", "up"]);
+    attach("zsft-vm", "vnicaaaaaaaa.0", VM_MAC, "10.77.0.10/24");
+    attach(
+        "zsft-router",
+        "zsftrouter",
+        "fa:16:3e:00:00:fe",
+        "10.77.0.1/24",
+    );
+    let templates = Templates::load(&repo_root().join("templates")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let flat = FlatNetwork {
+        tools: &SystemTools,
+        templates: &templates,
+        state_dir: state.path().to_path_buf(),
+        metadata: None,
+    };
+    flat.add_nic(&nic(), "web1").unwrap();
+
+    let mut receiver = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "zsft-router",
+            "python3",
+            "-c",
+            ARP_RECEIVER,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(receiver.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let send = |frame_src: &str, target: &str| {
+        let o = ns(
+            "zsft-vm",
+            &[
+                "python3",
+                "-c",
+                ARP_SENDER,
+                frame_src,
+                VM_MAC,
+                "10.77.0.10",
+                target,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    // The VM's own ARP, then one whose payload is the VM's but whose frame is not.
+    send(VM_MAC, "10.77.0.201");
+    send("fa:16:3e:00:00:66", "10.77.0.202");
+    let mut seen = String::new();
+    out.read_to_string(&mut seen).unwrap();
+    let _ = receiver.wait();
+    assert!(
+        seen.contains(&format!("{VM_MAC} 10.77.0.201")),
+        "the VM's own ARP did not cross the bridge:\n{seen}"
+    );
+    assert!(
+        !seen.contains("10.77.0.202"),
+        "ARP with a forged frame source MAC crossed the bridge:\n{seen}"
+    );
+    flat.remove_nic(&nic()).unwrap();
 }

@@ -494,4 +494,86 @@ mod tests {
         );
         assert_eq!(mem_total("MemFree: 1 kB\n"), None);
     }
+
+    /// Every template the agent renders escapes or refuses, for its format, a newline, a quote
+    /// and a NUL in each value (the second line of defence behind the API's grammar checks).
+    #[test]
+    fn every_template_of_the_agent_escapes_or_refuses_newline_quote_and_nul() {
+        let templates =
+            Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"))
+                .unwrap();
+        let dnsmasq = |domain: &str| {
+            serde_json::json!({
+                "l3_uuid": "l3", "namespace": "zs-l3-l3", "interface": "zll3n",
+                "network": "10.0.0.0", "netmask": "255.255.255.0", "gateway": "10.0.0.1",
+                "dhcp_ip": "10.0.0.2", "dns": "10.0.0.1", "dns_domain": domain,
+                "hosts_file": "/h", "lease_file": "/l", "pid_file": "/p", "log_file": "/g",
+            })
+        };
+        let domain = |name: &str| {
+            serde_json::json!({
+                "domain_type": "qemu", "uuid": "u",
+                "vm": {"uuid": "u", "name": name, "memorySize": 1, "cpuNum": 1},
+                "disks": [{"format": "qcow2", "cacheMode": "none", "installPath": "/v",
+                           "target": "vda", "volumeUuid": "v"}],
+                "nics": [], "console_log": "/c",
+            })
+        };
+        let nat = |vip: &str| {
+            serde_json::json!({
+                "eip_uuid": "e", "vip": vip, "vm_ip": "10.0.0.5",
+                "public_if": "public", "gateway_if": "gateway",
+            })
+        };
+        let elements = |port: &str| {
+            serde_json::json!({
+                "ops": ["add"], "gateway_ports": [port], "gateway_taps": [], "tap_gateways": [],
+            })
+        };
+        let mounts = |path: &str| serde_json::json!({ "storage_mounts": [path] });
+        let flat = |table: &str| serde_json::json!({ "table": table });
+        type Context = Box<dyn Fn(&str) -> serde_json::Value>;
+        let cases: Vec<(&str, Context)> = vec![
+            ("dnsmasq/l3.conf.tera", Box::new(dnsmasq)),
+            ("libvirt/domain.xml.tera", Box::new(domain)),
+            ("nft/eip.nft.tera", Box::new(nat)),
+            ("nft/eip-bridge-elements.nft.tera", Box::new(elements)),
+            ("nft/flat.nft.tera", Box::new(flat)),
+            (
+                "systemd/zstack-kvmagent-storage.conf.tera",
+                Box::new(mounts),
+            ),
+        ];
+        for (name, context) in &cases {
+            assert!(
+                templates.render(name, &context("zstack.org")).is_ok(),
+                "{name}"
+            );
+            for bad in ["x\ndhcp-script=/tmp/x", "x\0y", "x\r\ny"] {
+                assert!(
+                    templates.render(name, &context(bad)).is_err(),
+                    "{name} rendered {bad:?}"
+                );
+            }
+        }
+        // A quote: escaped in XML, refused where it would end an nftables string or split a
+        // unit's list, plain text in a dnsmasq value.
+        let xml = templates
+            .render("libvirt/domain.xml.tera", &domain("a'b\"c"))
+            .unwrap();
+        assert!(xml.contains("<title>a&#39;b&quot;c</title>"), "{xml}");
+        assert!(templates
+            .render("nft/eip-bridge-elements.nft.tera", &elements("p\" accept"))
+            .is_err());
+        assert!(templates
+            .render("nft/eip.nft.tera", &nat("1.2.3.4 accept;"))
+            .is_err());
+        assert!(templates
+            .render("systemd/zstack-kvmagent-storage.conf.tera", &mounts("/a b"))
+            .is_err());
+        let conf = templates
+            .render("dnsmasq/l3.conf.tera", &dnsmasq("a\"b"))
+            .unwrap();
+        assert!(conf.contains("\ndomain=a\"b\n"), "{conf}");
+    }
 }
