@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod kvm;
+pub mod nspawn;
 pub mod webdriver;
 
 use std::collections::BTreeMap;
