@@ -76,8 +76,9 @@ fn build_cloud(cli: &Cli, hosts: usize, range: (&str, &str)) -> Cloud {
         &format!("backupStorageUuid={bs}"),
         &format!("zoneUuid={zone}"),
     ]);
-    let src = tempfile::tempdir().unwrap();
-    let file = qcow2(src.path(), "1G");
+    // A local file is taken from the backup storage itself (or a directory listed in
+    // image.sourceDirectories).
+    let file = qcow2(&bs_dir.path().join("bs"), "1G");
     let image = cli.inv(&[
         "AddImage",
         "name=debian",
@@ -583,7 +584,11 @@ fn the_whole_api_flow_through_zstack_cli() {
     );
     assert_eq!(img["sha256Sum"], sha256_hex(&file));
     // A file that is not what its format says is refused, and not kept.
-    let fake = served.path().join("fake.qcow2");
+    let bs_path = cli.list(&["QueryBackupStorage"])[0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fake = Path::new(&bs_path).join("fake.qcow2");
     std::fs::write(&fake, b"not a disk image").unwrap();
     let e = cli.err(&[
         "AddImage",

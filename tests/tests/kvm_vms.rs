@@ -82,10 +82,13 @@ fn kvm_cloud(cli: &Cli, ps: &Path, bs: &Path) -> KvmCloud {
         &format!("backupStorageUuid={bs_uuid}"),
         &format!("zoneUuid={zone}"),
     ]);
+    // A local file is taken from the backup storage itself.
+    let guest = bs.join("guest-source.qcow2");
+    std::fs::copy(guest_image(), &guest).unwrap();
     let image = cli.uuid(&[
         "AddImage",
         "name=guest",
-        &format!("url={}", guest_image().display()),
+        &format!("url={}", guest.display()),
         &format!("backupStorageUuids={bs_uuid}"),
     ]);
     let offering = cli.uuid(&[

@@ -17,6 +17,9 @@ pub mod keys {
     /// hosts where /dev/kvm exists but cannot run guests, e.g. nested without hardware support).
     pub const AGENT_VIRTUALIZATION: &str = "kvmagent.virtualization";
     pub const ADMIN_PASSWORD: &str = "admin.password";
+    /// Comma-separated directories of the management node that AddImage may read local files
+    /// from (none by default).
+    pub const IMAGE_SOURCE_DIRECTORIES: &str = "image.sourceDirectories";
     /// The port of the web dashboard zstack-server serves (5000).
     pub const DASHBOARD_PORT: &str = "dashboard.port";
 }

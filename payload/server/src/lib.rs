@@ -58,6 +58,8 @@ pub struct Node {
     pub agent_port: u16,
     /// `http://<management.server.ip>:<port>`, where agents fetch images.
     pub base_url: String,
+    /// Where AddImage may read local files from (`image.sourceDirectories`).
+    pub image_source_dirs: Vec<std::path::PathBuf>,
     pub log: LogFile,
 }
 
@@ -113,6 +115,7 @@ pub struct NodeConfig {
     pub agent_secret: Option<String>,
     pub agent_port: u16,
     pub base_url: String,
+    pub image_source_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Node {
@@ -131,6 +134,7 @@ impl Node {
             agent_secret: config.agent_secret,
             agent_port: config.agent_port,
             base_url: config.base_url,
+            image_source_dirs: config.image_source_dirs,
             log,
         }
     }
@@ -251,6 +255,14 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
                 .map(str::to_string),
             agent_port,
             base_url: format!("http://{ip}:{port}"),
+            image_source_dirs: props
+                .get(keys::IMAGE_SOURCE_DIRECTORIES)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from)
+                .collect(),
         },
         conn,
         log.clone(),

@@ -90,7 +90,11 @@ fn a_newline_a_quote_and_a_nul_are_refused_in_each_checked_parameter() {
             let value = format!("{}{b}x=y", fitting(grammar));
             body.insert(param.clone(), Value::String(value.clone()));
             let a = node.call(call, Some(&session), Value::Object(body));
-            assert_eq!(a.status, 400, "{call} {param}={value:?}: {} {}", a.status, a.body);
+            assert_eq!(
+                a.status, 400,
+                "{call} {param}={value:?}: {} {}",
+                a.status, a.body
+            );
             assert_eq!(a.body["error"]["code"], "INVALID_ARGUMENT", "{}", a.body);
             assert_eq!(a.error_field(), Some(param.as_str()), "{}", a.body);
             assert!(

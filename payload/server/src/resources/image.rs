@@ -110,17 +110,70 @@ fn source(url: &str) -> Result<Source, ApiError> {
     ))
 }
 
+/// `<backup storage>/images`, made 0700 (image files in it are 0600).
+pub fn images_dir(bs: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = bs.join("images");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// A local image file may come only from a directory the operator lists in
+/// `image.sourceDirectories` (zstack.properties), or from the backup storage itself. Symlinks
+/// are resolved first; the file opened is the resolved one.
+fn allowed_file(node: &Node, path: &Path, bs_url: &str) -> Result<PathBuf, ApiError> {
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        ApiError::invalid(
+            "url",
+            format!(
+                "{} is not a file on the management node: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    if !real.is_file() {
+        return Err(ApiError::invalid(
+            "url",
+            format!("{} is not a file on the management node", path.display()),
+        ));
+    }
+    let bs = super::storage::resolve(Path::new(bs_url));
+    let allowed = node
+        .image_source_dirs
+        .iter()
+        .map(|d| super::storage::resolve(d))
+        .chain(std::iter::once(bs))
+        .any(|dir| real.starts_with(&dir));
+    if !allowed {
+        let listed = if node.image_source_dirs.is_empty() {
+            "none is listed".to_string()
+        } else {
+            format!(
+                "listed: {}",
+                node.image_source_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(ApiError::invalid(
+            "url",
+            format!(
+                "{} is not under a directory images may be added from ({listed}); add its \
+                 directory to {} in zstack.properties and restart the management node, or give \
+                 an http:// URL",
+                real.display(),
+                zstack_common::service::keys::IMAGE_SOURCE_DIRECTORIES
+            ),
+        ));
+    }
+    Ok(real)
+}
+
 fn add_image(c: &Call) -> Result<Job, ApiError> {
     let url = c.required("url")?.to_string();
-    let src = source(&url)?;
-    if let Source::File(p) = &src {
-        if !p.is_file() {
-            return Err(ApiError::invalid(
-                "url",
-                format!("{} is not a file on the management node", p.display()),
-            ));
-        }
-    }
     let bss = c.list("backupStorageUuids")?;
     let [bs] = bss.as_slice() else {
         return Err(ApiError::invalid(
@@ -137,6 +190,10 @@ fn add_image(c: &Call) -> Result<Job, ApiError> {
         )
         .optional()?
         .ok_or_else(|| ApiError::not_found("BackupStorage", bs).field("backupStorageUuids"))?;
+    let src = match source(&url)? {
+        Source::File(p) => Source::File(allowed_file(c.node, &p, &bs_url)?),
+        http => http,
+    };
     let format = c.one_of("format", FORMATS, Some("qcow2"))?;
     let media = c.one_of("mediaType", MEDIA_TYPES, Some("RootVolumeTemplate"))?;
     let platform = c.one_of("platform", PLATFORMS, Some("Linux"))?;
@@ -213,6 +270,11 @@ fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
             resp.into_reader()
         }
     };
+    if let Some(dir) = dest.parent().and_then(Path::parent) {
+        images_dir(dir).map_err(|e| {
+            ApiError::internal(format!("cannot make {}/images: {e}", dir.display()))
+        })?;
+    }
     let part = part_path(dest);
     let (total, sha256) =
         zstack_common::fsutil::copy_hashing(&mut *reader, &part).map_err(|e| match e {
@@ -226,6 +288,12 @@ fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
     if total == 0 {
         return Err(ApiError::invalid("url", "the image is empty"));
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ApiError::internal(format!("cannot make {} 0600: {e}", part.display())))?;
+    }
+    check_format(&part, format)?;
     let total = total as i64;
     let mut head = Vec::with_capacity(512);
     std::fs::File::open(&part)
@@ -247,6 +315,53 @@ fn fetch(src: &Source, dest: &Path, format: &str) -> Result<Fetched, ApiError> {
         actual_size: total,
         sha256,
     })
+}
+
+/// The file is what `format` says: `qemu-img info` finds that format in it (and a qcow2 has no
+/// backing file, which would make the image read another file), or an ISO 9660 volume
+/// descriptor (`CD001` at byte 0x8001) for iso.
+fn check_format(file: &Path, format: &str) -> Result<(), ApiError> {
+    if format == "iso" {
+        let mut head = Vec::with_capacity(0x8006);
+        std::fs::File::open(file)
+            .and_then(|f| f.take(0x8006).read_to_end(&mut head))
+            .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", file.display())))?;
+        if head.get(0x8001..0x8006) != Some(b"CD001".as_slice()) {
+            return Err(ApiError::invalid(
+                "format",
+                "the file is not an ISO 9660 image (no CD001 descriptor at byte 0x8001)",
+            ));
+        }
+        return Ok(());
+    }
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(file)
+        .output()
+        .map_err(|e| ApiError::internal(format!("cannot run qemu-img info: {e}")))?;
+    let info: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        ApiError::invalid(
+            "format",
+            format!(
+                "qemu-img cannot read the file as an image: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+    })?;
+    let found = info["format"].as_str().unwrap_or("unknown");
+    if found != format {
+        return Err(ApiError::invalid(
+            "format",
+            format!("the file is a {found} image, not {format}; give format={found} if that is what it is"),
+        ));
+    }
+    if info.get("backing-filename").is_some() {
+        return Err(ApiError::invalid(
+            "url",
+            "the image has a backing file; flatten it first (qemu-img convert -O qcow2)",
+        ));
+    }
+    Ok(())
 }
 
 /// A qcow2 header starts with `QFI\xfb`; bytes 24..32 are the virtual size, big-endian.

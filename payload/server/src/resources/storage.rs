@@ -2,6 +2,8 @@
 //! the same path, where volumes live) and backup storage (`Local`: a directory on the management
 //! node holding images, which agents fetch from the node).
 
+use std::path::{Path, PathBuf};
+
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
@@ -174,8 +176,70 @@ fn expand_bs(conn: &Connection, m: &mut serde_json::Map<String, Value>) -> Resul
     )
 }
 
-/// An absolute, normalised path that is not a system directory.
-pub fn check_storage_path(field: &str, url: &str) -> Result<String, ApiError> {
+/// Directories a storage may not be, nor be under: the system's and ZStack's own.
+const SYSTEM_TREES: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/zstack",
+    "/var/log/zstack",
+    "/var/lib/zstack-installer.journal",
+];
+/// Directories a storage may be under but not be itself.
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/home", "/var", "/var/lib", "/var/log", "/tmp", "/opt", "/srv", "/mnt", "/media",
+];
+
+/// `path` with repeated and trailing slashes removed (`//etc/` is `/etc`).
+fn normalise(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// `path` with every symlink of its longest existing prefix resolved (the rest does not exist
+/// yet and is kept as it is).
+pub fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            return rest.iter().rev().fold(real, |p: PathBuf, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+fn system_directory(path: &str) -> Option<&'static str> {
+    if let Some(d) = SYSTEM_DIRS.iter().find(|d| **d == path) {
+        return Some(d);
+    }
+    SYSTEM_TREES
+        .iter()
+        .find(|d| path == **d || path.starts_with(&format!("{d}/")))
+        .copied()
+}
+
+/// An absolute path, normalised (`//etc` is `/etc`), that neither is nor resolves (through
+/// symlinks on the management node) to a system directory or one of ZStack's own. Returns the
+/// normalised path and the one its symlinks resolve to.
+pub fn check_storage_path(field: &str, url: &str) -> Result<(String, String), ApiError> {
     let path = url.strip_prefix("file://").unwrap_or(url);
     if !path.starts_with('/') {
         return Err(ApiError::invalid(
@@ -189,22 +253,25 @@ pub fn check_storage_path(field: &str, url: &str) -> Result<String, ApiError> {
             format!("{field} must not contain . or .. components: {url:?}"),
         ));
     }
-    let trimmed = path.trim_end_matches('/');
-    const SYSTEM: &[&str] = &[
-        "", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
-        "/sys", "/tmp", "/usr", "/var", "/var/lib", "/home",
-    ];
-    if SYSTEM.contains(&trimmed) {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} {url:?} is a system directory; use a directory of its own, e.g. /zstack_ps"),
-        ));
+    let normal = normalise(path);
+    let resolved = resolve(Path::new(&normal)).to_string_lossy().into_owned();
+    for (candidate, how) in [(&normal, ""), (&resolved, " (through a symlink)")] {
+        if let Some(d) = system_directory(candidate) {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} {url:?} is{how} {candidate}, under {d}: a system or ZStack directory; \
+                     use a directory of its own, e.g. /zstack_ps"
+                ),
+            ));
+        }
     }
-    Ok(trimmed.to_string())
+    Ok((normal, resolved))
 }
 
 fn add_smp(c: &Call) -> Result<Value, ApiError> {
-    let url = check_storage_path("url", c.required("url")?)?;
+    // The path is the hosts'; the management node's view of it (when it has one) is checked too.
+    let (url, _) = check_storage_path("url", c.required("url")?)?;
     let zone = c.required("zoneUuid")?;
     exists(c.conn, "zone", "Zone", zone, "zoneUuid")?;
     let taken: Option<String> = c
@@ -458,7 +525,8 @@ pub fn fs_capacity(dir: &std::path::Path) -> Result<(i64, i64), ApiError> {
 }
 
 fn add_bs(c: &Call) -> Result<Value, ApiError> {
-    let url = check_storage_path("url", c.required("url")?)?;
+    // The directory is the management node's own: kept as its symlinks resolve.
+    let (_, url) = check_storage_path("url", c.required("url")?)?;
     let taken: Option<String> = c
         .conn
         .query_row(
@@ -474,7 +542,7 @@ fn add_bs(c: &Call) -> Result<Value, ApiError> {
         ));
     }
     let dir = std::path::Path::new(&url);
-    std::fs::create_dir_all(dir.join("images")).map_err(|e| {
+    super::image::images_dir(dir).map_err(|e| {
         ApiError::invalid(
             "url",
             format!("cannot make {url}/images on the management node: {e}"),

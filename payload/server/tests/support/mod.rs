@@ -34,11 +34,15 @@ impl Answer {
 
 impl TestNode {
     pub fn start() -> TestNode {
-        Self::start_with(|_| {})
+        Self::start_with(Vec::new(), |_| {})
     }
 
-    /// `prepare` may change the fresh DB (global configs, rows) before the node serves it.
-    pub fn start_with(prepare: impl FnOnce(&rusqlite::Connection)) -> TestNode {
+    /// `image_source_dirs` as `image.sourceDirectories` lists them; `prepare` may change the
+    /// fresh DB (global configs, rows) before the node serves it.
+    pub fn start_with(
+        image_source_dirs: Vec<std::path::PathBuf>,
+        prepare: impl FnOnce(&rusqlite::Connection),
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("zstack.db");
         let conn = zstack_db::open(&db_path).unwrap();
@@ -52,8 +56,8 @@ impl TestNode {
         zstack_server::globalconfig::seed(&conn, &release).unwrap();
         zstack_server::auth::ensure_admin(&conn, ADMIN_PASSWORD).unwrap();
         prepare(&conn);
-        let log = zstack_common::logfile::LogFile::open(&dir.path().join("server.log"), false)
-            .unwrap();
+        let log =
+            zstack_common::logfile::LogFile::open(&dir.path().join("server.log"), false).unwrap();
         let node = Arc::new(Node::new(
             NodeConfig {
                 release,
@@ -61,6 +65,7 @@ impl TestNode {
                 agent_secret: None,
                 agent_port: 7070,
                 base_url: "http://127.0.0.1:1".into(),
+                image_source_dirs,
             },
             conn,
             log,
