@@ -9,7 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::run;
+use crate::{ok, repo_root, run};
+
+/// A fresh Debian root filesystem (scripts/debian-systemd-rootfs.sh, cached between runs) in a
+/// temporary directory of /var/tmp named `prefix...`, removed when the directory is dropped.
+pub fn debian_rootfs(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    ok(Command::new("bash")
+        .arg(repo_root().join("scripts/debian-systemd-rootfs.sh"))
+        .arg(&root));
+    (dir, root)
+}
 
 /// A booted container; powered off and killed when dropped.
 pub struct Container {

@@ -43,14 +43,7 @@ fn connect(credentials: Credentials<'_>, policy: HostKeyPolicy) -> Result<Sessio
 #[test]
 #[ignore = "needs root, debootstrap and systemd-nspawn: run by make test"]
 fn a_host_is_logged_in_with_a_password_once_then_with_the_node_key() {
-    let dir = tempfile::Builder::new()
-        .prefix("zstack-ssh-host-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let root = dir.path().join("root");
-    ok(Command::new("bash")
-        .arg(repo_root().join("scripts/debian-systemd-rootfs.sh"))
-        .arg(&root));
+    let (dir, root) = zstack_tests::nspawn::debian_rootfs("zstack-ssh-host-");
     std::fs::write(
         root.join("etc/ssh/sshd_config.d/zstack-test.conf"),
         "PermitRootLogin yes\nPasswordAuthentication yes\n",

@@ -5,7 +5,6 @@
 //! by `zstack-ctl status`; after the container reboots both units are active again.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use zstack_tests::nspawn::{comm, Container};
@@ -16,14 +15,7 @@ use zstack_tests::*;
 fn installed_units_are_enabled_active_and_survive_a_reboot_under_systemd() {
     require_root();
     let bin = bin_path("1.2.0");
-    let dir = tempfile::Builder::new()
-        .prefix("zstack-nspawn-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let root = dir.path().join("root");
-    ok(Command::new("bash")
-        .arg(repo_root().join("scripts/debian-systemd-rootfs.sh"))
-        .arg(&root));
+    let (dir, root) = zstack_tests::nspawn::debian_rootfs("zstack-nspawn-");
     std::fs::copy(&bin, root.join("root/zstack-installer-1.2.0.bin")).unwrap();
     let log = dir.path().join("nspawn.log");
 

@@ -1,8 +1,6 @@
 //! The management node's own SSH key: ed25519, `id_ed25519` (0600) and `id_ed25519.pub`, made
 //! at install. Hosts get its public line in root's authorized_keys when they join.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -64,15 +62,5 @@ impl NodeKey {
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), SshError> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| key_err(&tmp, e))?;
-    f.write_all(contents).map_err(|e| key_err(&tmp, e))?;
-    f.sync_all().map_err(|e| key_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| key_err(path, e))
+    zstack_common::fsutil::atomic_write(path, contents, mode).map_err(|e| key_err(path, e))
 }
