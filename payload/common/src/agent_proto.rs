@@ -32,9 +32,12 @@ pub struct HostFacts {
     pub memory_size: i64,
     pub hostname: String,
     pub agent_version: String,
-    /// `kvm` where /dev/kvm works, else `qemu` (software emulation, TCG).
+    /// `kvm` where a probe guest ran under KVM, else `qemu` (software emulation, TCG).
     #[serde(default)]
     pub hypervisor: Option<String>,
+    /// Why the agent chose `hypervisor` (the setting, or what its probe found).
+    #[serde(default)]
+    pub virtualization_reason: Option<String>,
     #[serde(default)]
     pub libvirt_version: Option<String>,
     #[serde(default)]

@@ -17,6 +17,7 @@ pub mod host;
 pub mod metadata;
 pub mod netaddr;
 pub mod storage;
+pub mod virtualization;
 pub mod vm;
 
 use crate::file_error::file_error;
@@ -50,6 +51,8 @@ struct AgentState {
     templates: Templates,
     log: LogFile,
     domain_type: &'static str,
+    /// Why `domain_type` (the host's `virtualizationReason`).
+    virtualization_reason: String,
     metadata: crate::flat::MetadataServers,
 }
 
@@ -99,13 +102,20 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         log.warn(&format!("metadata: skipped {skipped}"));
     }
     let metadata = flat::MetadataServers::new(std::sync::Arc::new(store));
+    let virtualization =
+        virtualization::choose(props.get(keys::AGENT_VIRTUALIZATION).unwrap_or("auto"));
+    log.info(&format!(
+        "virtualization {}: {}",
+        virtualization.domain_type, virtualization.reason
+    ));
     let state = Arc::new(AgentState {
         version: release.version.clone(),
         secret,
         layout: layout.clone(),
         templates,
         log: log.clone(),
-        domain_type: vm::domain_type(props.get(keys::AGENT_VIRTUALIZATION).unwrap_or("auto")),
+        domain_type: virtualization.domain_type,
+        virtualization_reason: virtualization.reason,
         metadata,
     });
     resume_metadata(&state);
@@ -194,6 +204,7 @@ async fn connect(State(state): State<Arc<AgentState>>) -> Response {
         facts.libvirt_version = libvirt;
         facts.qemu_version = qemu;
         facts.hypervisor = Some(st.domain_type.to_string());
+        facts.virtualization_reason = Some(st.virtualization_reason.clone());
         facts.vms = Some(st.vm_host().report()?);
         Ok(serde_json::to_value(facts).unwrap_or_default())
     })
@@ -228,6 +239,7 @@ fn host_facts(version: &str) -> Result<HostFacts, HostFileError> {
         hypervisor: None,
         libvirt_version: None,
         qemu_version: None,
+        virtualization_reason: None,
         vms: None,
     })
 }

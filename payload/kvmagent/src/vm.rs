@@ -59,26 +59,6 @@ pub struct VmHost<'a> {
     pub metadata: Option<&'a crate::flat::MetadataServers>,
 }
 
-/// The domain type for the `kvmagent.virtualization` setting: `kvm` or `qemu` as set; for
-/// `auto`, `kvm` where /dev/kvm can be opened, else `qemu` (TCG).
-pub fn domain_type(setting: &str) -> &'static str {
-    match setting {
-        "kvm" => return "kvm",
-        "qemu" => return "qemu",
-        _ => {}
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        "kvm"
-    } else {
-        "qemu"
-    }
-}
-
 /// 32 hex digits -> the RFC 4122 form libvirt's `<uuid>` wants.
 pub fn dashed(uuid: &str) -> String {
     if uuid.len() != 32 {

@@ -281,6 +281,7 @@ impl HostAgent for SimulatorHost<'_> {
             ),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             hypervisor: Some("simulator".into()),
+            virtualization_reason: Some("a simulator host runs no guest".into()),
             libvirt_version: None,
             qemu_version: None,
             vms: Some(vms),

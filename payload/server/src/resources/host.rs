@@ -116,6 +116,7 @@ pub const HOST: Table = Table {
         ("agentPort", "agent_port"),
         ("hypervisorType", "hypervisor_type"),
         ("virtualization", "virtualization"),
+        ("virtualizationReason", "virtualization_reason"),
         ("libvirtVersion", "libvirt_version"),
         ("qemuVersion", "qemu_version"),
         ("state", "state"),
@@ -347,7 +348,8 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
             tx.execute(
                 "UPDATE host SET total_cpu = ?2, total_memory = ?3, status = 'Connected',
                         status_reason = NULL, virtualization = ?5, libvirt_version = ?6,
-                        qemu_version = ?7, last_op_date = ?4 WHERE uuid = ?1",
+                        qemu_version = ?7, virtualization_reason = ?8, last_op_date = ?4
+                        WHERE uuid = ?1",
                 params![
                     uuid,
                     facts.cpu_num,
@@ -355,7 +357,8 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
                     auth::now(),
                     facts.hypervisor,
                     facts.libvirt_version,
-                    facts.qemu_version
+                    facts.qemu_version,
+                    facts.virtualization_reason
                 ],
             )?;
             recompute_capacity(&tx, uuid)?;
