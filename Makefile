@@ -48,6 +48,7 @@ bench:
 	bash scripts/bench-scale.sh
 	bash scripts/bench-metadata.sh
 	bash scripts/bench-eip.sh
+	bash scripts/bench-dashboard.sh
 
 clean:
 	$(CARGO) clean

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use zstack_tests::cli::*;
+use zstack_tests::ok;
 use zstack_tests::webdriver::{output_dir, Browser};
 
 const BASE: &str = "http://127.0.0.1:5000";
@@ -532,6 +533,15 @@ fn sessions_csrf_escaping_and_a_phone_screen() {
     let cli = &stack.cli;
     let out = output_dir(env!("CARGO_TARGET_TMPDIR"), "dashboard_sessions");
     let b = Browser::start(out.join("last-page.png"));
+
+    // zstack-ctl status says where the dashboard is.
+    let status = ok(std::process::Command::new("zstack-ctl").arg("status"));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("dashboard:") && l.ends_with(BASE)),
+        "{status}"
+    );
 
     // Every page but the login page needs a session.
     b.goto(&format!("{BASE}/r/zones"));

@@ -97,13 +97,18 @@ impl CloudCa {
             what: what.display().to_string(),
             reason,
         };
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| invalid(&dir.join("ca.key"), e.to_string()))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| invalid(&dir.join("ca.key"), e.to_string()))?;
         let cert_der = crate::certificates_from_pem(&cert_pem)?.remove(0);
         let org = crate::organisation_of(&cert_der)?;
         let cloud_id = org
             .strip_prefix("ZStack cloud ")
-            .ok_or_else(|| invalid(&dir.join("ca.pem"), format!("{org:?} is not a ZStack cloud")))?
+            .ok_or_else(|| {
+                invalid(
+                    &dir.join("ca.pem"),
+                    format!("{org:?} is not a ZStack cloud"),
+                )
+            })?
             .to_string();
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|e| invalid(&dir.join("ca.pem"), e.to_string()))?;
@@ -128,7 +133,10 @@ impl CloudCa {
                 source,
             },
         )?;
-        write_private(&dir.join("ca.key"), self.issuer.key().serialize_pem().as_bytes())?;
+        write_private(
+            &dir.join("ca.key"),
+            self.issuer.key().serialize_pem().as_bytes(),
+        )?;
         write_public(&dir.join("ca.pem"), self.cert_pem.as_bytes())
     }
 
@@ -274,7 +282,11 @@ mod tests {
         let ca = CloudCa::create().unwrap();
         ca.write(&dir.path().join("ca")).unwrap();
         let mode = |p: &str| {
-            std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
         };
         assert_eq!(mode("ca"), 0o700);
         assert_eq!(mode("ca/ca.key"), 0o600);
@@ -292,7 +304,10 @@ mod tests {
         assert_eq!(id.organisation, format!("ZStack cloud {}", ca.cloud_id()));
         assert_eq!(
             id.addresses,
-            vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]
+            vec![
+                "10.1.2.3".parse::<std::net::IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
         );
     }
 
@@ -308,9 +323,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, PkiError::RequestMismatch { .. }), "{err}");
         let err = ca
-            .sign(&request, &Subject::management_node("10.0.0.5".parse().unwrap()))
+            .sign(
+                &request,
+                &Subject::management_node("10.0.0.5".parse().unwrap()),
+            )
             .unwrap_err();
         assert!(matches!(err, PkiError::RequestMismatch { .. }), "{err}");
-        assert!(ca.sign("not a request", &Subject::host("10.0.0.5".parse().unwrap())).is_err());
+        assert!(ca
+            .sign("not a request", &Subject::host("10.0.0.5".parse().unwrap()))
+            .is_err());
     }
 }

@@ -17,7 +17,9 @@ pub struct JoinToken {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl JoinToken {
@@ -34,16 +36,20 @@ impl JoinToken {
     }
 
     pub fn parse(text: &str) -> Result<JoinToken, PkiError> {
-        let invalid = |reason: &str| PkiError::Invalid {
+        let invalid = |reason: &str| {
+            PkiError::Invalid {
             what: "the join token".into(),
             reason: format!("{reason}; a token looks like <8 hex>.<32 hex>.<64 hex>, as `zstack-ctl host_join_token` prints it"),
+        }
         };
         let parts: Vec<&str> = text.trim().split('.').collect();
         let [id, secret, fp] = parts.as_slice() else {
             return Err(invalid("it does not have three parts"));
         };
         if !is_hex(id, 8) || !is_hex(secret, 32) || !is_hex(fp, 64) {
-            return Err(invalid("a part has the wrong length or is not lower-case hex"));
+            return Err(invalid(
+                "a part has the wrong length or is not lower-case hex",
+            ));
         }
         Ok(JoinToken {
             id: id.to_string(),
@@ -77,7 +83,12 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in ["", "a.b.c", "zzzzzzzz.00000000000000000000000000000000.", "1.2.3.4"] {
+        for bad in [
+            "",
+            "a.b.c",
+            "zzzzzzzz.00000000000000000000000000000000.",
+            "1.2.3.4",
+        ] {
             assert!(JoinToken::parse(bad).is_err(), "{bad:?}");
         }
     }

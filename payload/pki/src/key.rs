@@ -56,12 +56,11 @@ impl PrivateKey {
 
     /// A certificate request (PEM) for `subject`, signed with this key.
     pub fn request(&self, subject: &Subject) -> Result<String, PkiError> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|source| {
-            PkiError::Generate {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|source| PkiError::Generate {
                 what: "a certificate request",
                 source,
-            }
-        })?;
+            })?;
         params
             .distinguished_name
             .push(DnType::CommonName, subject.common_name());

@@ -142,8 +142,7 @@ pub fn identity_of(der: &[u8]) -> Result<CertificateIdentity, PkiError> {
         what: "the certificate".into(),
         reason,
     };
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| invalid(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| invalid(e.to_string()))?;
     let subject = cert.subject();
     let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
         it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
@@ -159,8 +158,12 @@ pub fn identity_of(der: &[u8]) -> Result<CertificateIdentity, PkiError> {
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::IPAddress(bytes) = name {
                 match bytes.len() {
-                    4 => addresses.push(IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())),
-                    16 => addresses.push(IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())),
+                    4 => addresses.push(IpAddr::from(
+                        <[u8; 4]>::try_from(*bytes).unwrap_or_default(),
+                    )),
+                    16 => addresses.push(IpAddr::from(
+                        <[u8; 16]>::try_from(*bytes).unwrap_or_default(),
+                    )),
                     _ => {}
                 }
             }

@@ -156,7 +156,9 @@ impl ClientCertVerifier for RoleClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
         check_role(end_entity, &self.allowed)?;
         Ok(verified)
     }
@@ -358,8 +360,12 @@ mod tests {
         let ca = CloudCa::create().unwrap();
         let host = identity(&ca, &Subject::host(ip("10.0.0.2")));
         let mn = identity(&ca, &Subject::management_node(ip("10.0.0.1")));
-        let agent = server_config(&host, &trust(&ca), ClientAuth::Required(vec![Role::ManagementNode]))
-            .unwrap();
+        let agent = server_config(
+            &host,
+            &trust(&ca),
+            ClientAuth::Required(vec![Role::ManagementNode]),
+        )
+        .unwrap();
         let management = client_config(Some(&mn), &trust(&ca), Role::Host).unwrap();
         Cloud {
             ca,
@@ -423,9 +429,12 @@ mod tests {
             ca_pem: ca.certificate_pem().to_string(),
             crl_pem: Some(crl),
         };
-        let agent =
-            server_config(&host, &trust(&ca), ClientAuth::Required(vec![Role::ManagementNode]))
-                .unwrap();
+        let agent = server_config(
+            &host,
+            &trust(&ca),
+            ClientAuth::Required(vec![Role::ManagementNode]),
+        )
+        .unwrap();
         let management = client_config(Some(&mn), &revoking, Role::Host).unwrap();
         assert!(handshake(agent.clone(), management, "10.0.0.2").is_err());
         let management = client_config(Some(&mn), &trust(&ca), Role::Host).unwrap();
