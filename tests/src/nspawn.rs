@@ -38,7 +38,12 @@ pub struct Container {
 impl Container {
     /// Boots `root` in a network namespace of its own with no link out.
     pub fn boot(root: &Path, log: &Path) -> Container {
-        Container::boot_with(root, log, &format!("zstack-test-{}", std::process::id()), &["--private-network"])
+        Container::boot_with(
+            root,
+            log,
+            &format!("zstack-test-{}", std::process::id()),
+            &["--private-network"],
+        )
     }
 
     /// Boots `root` as machine `name`, its `host0` interface on the host bridge `bridge`.
@@ -49,12 +54,7 @@ impl Container {
     fn boot_with(root: &Path, log: &Path, name: &str, network: &[&str]) -> Container {
         let log = std::fs::File::create(log).unwrap();
         let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                "--quiet",
-            ])
+            .args(["--boot", "--register=no", "--keep-unit", "--quiet"])
             .args(network)
             .arg(format!("--machine={name}"))
             .arg("-D")
@@ -171,4 +171,3 @@ pub fn comm(pid: u32) -> String {
         .trim()
         .to_string()
 }
-

@@ -60,17 +60,32 @@ fn a_host_is_logged_in_with_a_password_once_then_with_the_node_key() {
         "echo root:{ROOT_PASSWORD} | chpasswd && ip addr add {HOST_IP}/24 dev host0 && \
          ip link set host0 up && systemctl start ssh"
     ));
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect((HOST_IP, 22)).is_err() {
-        assert!(Instant::now() < deadline, "sshd in the container does not answer");
+        assert!(
+            Instant::now() < deadline,
+            "sshd in the container does not answer"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     let wrong = connect(Credentials::Password("not-it"), HostKeyPolicy::FirstUse);
-    assert!(matches!(wrong, Err(SshError::AuthFailed { .. })), "{:?}", wrong.err());
+    assert!(
+        matches!(wrong, Err(SshError::AuthFailed { .. })),
+        "{:?}",
+        wrong.err()
+    );
 
-    let session = connect(Credentials::Password(ROOT_PASSWORD), HostKeyPolicy::FirstUse).unwrap();
+    let session = connect(
+        Credentials::Password(ROOT_PASSWORD),
+        HostKeyPolicy::FirstUse,
+    )
+    .unwrap();
     let host_key = session.host_key_fingerprint().to_string();
     let sshd_key = host.sh("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub -E sha256");
     let sshd_key = String::from_utf8_lossy(&sshd_key.stdout).to_string();
@@ -93,14 +108,26 @@ fn a_host_is_logged_in_with_a_password_once_then_with_the_node_key() {
     assert!(out.success(), "{}", out.stderr_text());
     drop(session);
 
-    let session = connect(Credentials::Key(&key), HostKeyPolicy::Pinned(host_key.clone())).unwrap();
+    let session = connect(
+        Credentials::Key(&key),
+        HostKeyPolicy::Pinned(host_key.clone()),
+    )
+    .unwrap();
     let os = session.run(&["cat", "/etc/os-release"]).unwrap();
-    assert!(os.stdout_text().contains("bookworm"), "{}", os.stdout_text());
+    assert!(
+        os.stdout_text().contains("bookworm"),
+        "{}",
+        os.stdout_text()
+    );
     // Arguments arrive as they were; a large input arrives intact.
-    let out = session.run(&["printf", "%s|", "a b", "it's", "$(id)"]).unwrap();
+    let out = session
+        .run(&["printf", "%s|", "a b", "it's", "$(id)"])
+        .unwrap();
     assert_eq!(out.stdout_text(), "a b|it's|$(id)|");
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let out = session.run_with_input(&["sha256sum"], &payload[..]).unwrap();
+    let out = session
+        .run_with_input(&["sha256sum"], &payload[..])
+        .unwrap();
     assert!(out
         .stdout_text()
         .starts_with(&hex::encode(sha2::Sha256::digest(&payload))));
@@ -113,7 +140,11 @@ fn a_host_is_logged_in_with_a_password_once_then_with_the_node_key() {
         Credentials::Key(&key),
         HostKeyPolicy::Pinned("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
     );
-    assert!(matches!(changed, Err(SshError::HostKeyChanged { .. })), "{:?}", changed.err());
+    assert!(
+        matches!(changed, Err(SshError::HostKeyChanged { .. })),
+        "{:?}",
+        changed.err()
+    );
 
     drop(host);
     drop(bridge);

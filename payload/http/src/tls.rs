@@ -64,14 +64,15 @@ pub(crate) async fn serve_connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|c| PeerCertificate(c.to_vec()));
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if let Some(c) = &certificate {
-            req.extensions_mut().insert(c.clone());
-        }
-        req.extensions_mut().insert(PeerAddress(peer));
-        let mut app = app.clone();
-        app.call(req.map(axum::body::Body::new))
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if let Some(c) = &certificate {
+                req.extensions_mut().insert(c.clone());
+            }
+            req.extensions_mut().insert(PeerAddress(peer));
+            let mut app = app.clone();
+            app.call(req.map(axum::body::Body::new))
+        });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(tls), service)
         .await;
@@ -135,9 +136,12 @@ mod tests {
         };
         let host = identity(&ca, Subject::host(loopback));
         let mn = identity(&ca, Subject::management_node("10.9.9.9".parse().unwrap()));
-        let config =
-            server_config(&host, &trust, ClientAuth::Required(vec![Role::ManagementNode]))
-                .unwrap();
+        let config = server_config(
+            &host,
+            &trust,
+            ClientAuth::Required(vec![Role::ManagementNode]),
+        )
+        .unwrap();
         let port = serve_once(config);
         let url = format!("https://127.0.0.1:{port}/whoami");
         let agent = ureq::AgentBuilder::new()
@@ -152,7 +156,10 @@ mod tests {
             ca_pem: other.certificate_pem().into(),
             crl_pem: None,
         };
-        let other_mn = identity(&other, Subject::management_node("10.9.9.9".parse().unwrap()));
+        let other_mn = identity(
+            &other,
+            Subject::management_node("10.9.9.9".parse().unwrap()),
+        );
         let stranger = ureq::AgentBuilder::new()
             .tls_config(client_config(Some(&other_mn), &trust, Role::Host).unwrap())
             .build();

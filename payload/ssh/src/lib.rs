@@ -31,7 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum SshError {
     #[error("cannot reach {addr} over SSH: {reason}")]
     Unreachable { addr: String, reason: String },
-    #[error("{addr} did not complete the SSH handshake within {0:?}", CONNECT_TIMEOUT)]
+    #[error(
+        "{addr} did not complete the SSH handshake within {0:?}",
+        CONNECT_TIMEOUT
+    )]
     Timeout { addr: String },
     #[error(
         "the SSH host key of {addr} changed: it was {expected}, it is now {found}. If the host was \
@@ -157,8 +160,11 @@ impl Session {
             ..Default::default()
         });
         let connecting = runtime.block_on(async {
-            tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr.as_str(), check))
-                .await
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                client::connect(config, addr.as_str(), check),
+            )
+            .await
         });
         let seen_key = || seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
         let mut handle = match connecting {
@@ -245,7 +251,9 @@ impl Session {
                 .map_err(|e| err(e.to_string()))?;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
-                let n = input.read(&mut buf).map_err(|e| err(format!("reading the input: {e}")))?;
+                let n = input
+                    .read(&mut buf)
+                    .map_err(|e| err(format!("reading the input: {e}")))?;
                 if n == 0 {
                     break;
                 }

@@ -65,7 +65,10 @@ impl server::Handler for Shell {
         session: &mut ServerSession,
     ) -> Result<(), Self::Error> {
         let line = String::from_utf8_lossy(data).into_owned();
-        self.pending.lock().unwrap().insert(channel, (line, Vec::new()));
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(channel, (line, Vec::new()));
         session.channel_success(channel)?;
         Ok(())
     }
@@ -121,7 +124,10 @@ struct TestServer {
 
 fn start_server() -> TestServer {
     let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[7u8; 32]));
-    let host_key_fingerprint = host_key.public_key().fingerprint(HashAlg::Sha256).to_string();
+    let host_key_fingerprint = host_key
+        .public_key()
+        .fingerprint(HashAlg::Sha256)
+        .to_string();
     let config = Arc::new(server::Config {
         keys: vec![host_key],
         auth_rejection_time: std::time::Duration::from_millis(10),
@@ -219,7 +225,11 @@ fn refusals_say_what_was_wrong() {
         Credentials::Password("wrong"),
         HostKeyPolicy::FirstUse,
     );
-    assert!(matches!(wrong, Err(SshError::AuthFailed { .. })), "{:?}", wrong.err());
+    assert!(
+        matches!(wrong, Err(SshError::AuthFailed { .. })),
+        "{:?}",
+        wrong.err()
+    );
 
     let changed = Session::connect(
         "127.0.0.1",
@@ -243,7 +253,11 @@ fn refusals_say_what_was_wrong() {
         Credentials::Password(PASSWORD),
         HostKeyPolicy::FirstUse,
     );
-    assert!(matches!(unreachable, Err(SshError::Unreachable { .. })), "{:?}", unreachable.err());
+    assert!(
+        matches!(unreachable, Err(SshError::Unreachable { .. })),
+        "{:?}",
+        unreachable.err()
+    );
 }
 
 #[test]

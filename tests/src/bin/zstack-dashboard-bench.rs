@@ -155,9 +155,13 @@ fn main() {
         "AttachBackupStorageToZone",
         json!({"backupStorageUuid": bs, "zoneUuid": zone}),
     );
+    // A local file is taken from the backup storage itself.
+    let source = std::path::Path::new(&bs_dir).join("bench-source.qcow2");
+    std::fs::copy(&image_file, &source)
+        .unwrap_or_else(|e| panic!("cannot copy {image_file} into {bs_dir}: {e}"));
     let image = api.uuid(
         "AddImage",
-        json!({"name": "tiny", "url": image_file, "backupStorageUuids": bs, "format": "qcow2"}),
+        json!({"name": "tiny", "url": source, "backupStorageUuids": bs, "format": "qcow2"}),
     );
     let offering = api.uuid(
         "CreateInstanceOffering",
