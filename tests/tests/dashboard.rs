@@ -633,7 +633,11 @@ fn sessions_csrf_escaping_and_a_phone_screen() {
     log_in(&b, &stack.password);
     // WebDriver can read the HttpOnly cookie the page's scripts cannot.
     let session = b.cookie("zstack_session");
-    cli.ok(&["LogOut", &format!("sessionUuid={session}")]);
+    // A session ends only itself: LogOut is sent with that session.
+    ureq::post("http://127.0.0.1:8080/v1/api/LogOut")
+        .set("Authorization", &format!("OAuth {session}"))
+        .send_json(serde_json::json!({}))
+        .expect("LogOut with its own session");
     b.goto(&format!("{BASE}/r/vms"));
     b.find("#login-form");
     assert!(b.url().contains("expired=1"), "{}", b.url());

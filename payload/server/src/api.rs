@@ -92,7 +92,7 @@ pub const QUERY_PARAMS: &[Param] = &[
     ),
     opt("fields", "the fields to return"),
     opt("limit", "at most this many results"),
-    opt("start", "skip this many results (with limit)"),
+    opt("start", "skip this many results"),
     opt("count", "true: return only {total: N}"),
     opt(
         "sortBy",

@@ -56,7 +56,7 @@ impl Query {
             }
         }
         let fields = match params.get("fields") {
-            None => None,
+            None | Some(Value::Null) => None,
             Some(Value::Array(a)) => Some(
                 a.iter()
                     .filter_map(|v| v.as_str().map(str::to_string))
@@ -88,6 +88,12 @@ impl Query {
                     }),
             }
         };
+        if fields.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ApiError::invalid(
+                "fields",
+                "fields names no field; give at least one field name, or leave fields out for all",
+            ));
+        }
         Ok(Query {
             conditions,
             fields,
@@ -159,11 +165,12 @@ impl Query {
                 .join(", "),
             t.table
         );
-        if let Some(l) = self.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-            if let Some(s) = self.start {
-                sql.push_str(&format!(" OFFSET {s}"));
-            }
+        // SQLite takes OFFSET only after a LIMIT; -1 is no limit.
+        match (self.limit, self.start) {
+            (Some(l), Some(s)) => sql.push_str(&format!(" LIMIT {l} OFFSET {s}")),
+            (Some(l), None) => sql.push_str(&format!(" LIMIT {l}")),
+            (None, Some(s)) => sql.push_str(&format!(" LIMIT -1 OFFSET {s}")),
+            (None, None) => {}
         }
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -283,13 +290,11 @@ fn column(t: &Table, name: &str, what: &str) -> Result<&'static str, ApiError> {
         })
 }
 
-/// Numbers compare as numbers, everything else as text.
+/// A condition's value, bound as text: the column's declared type decides how it compares
+/// (SQLite applies an INTEGER column's affinity to it, so `cpuNum>=2` compares numbers and
+/// `name=007` stays the text "007").
 fn typed(v: &str) -> SqlValue {
-    if let Ok(i) = v.parse::<i64>() {
-        SqlValue::Integer(i)
-    } else {
-        SqlValue::Text(v.to_string())
-    }
+    SqlValue::Text(v.to_string())
 }
 
 fn to_json(v: SqlValue) -> Value {

@@ -20,11 +20,11 @@ pub const APIS: &[ApiSpec] = &[
     },
     ApiSpec {
         name: "LogOut",
-        description: "End a session",
-        needs_session: false,
+        description: "End the caller's session",
+        needs_session: true,
         params: &[opt(
             "sessionUuid",
-            "the session to end (default: the caller's)",
+            "the session to end: the caller's own (the default)",
         )],
         handler: Handler::Sync(log_out),
     },
@@ -73,14 +73,22 @@ fn log_in(c: &Call) -> Result<Value, ApiError> {
     ))
 }
 
+/// A session ends only itself: the caller's session (checked by the dispatcher) is the one
+/// ended, and `sessionUuid`, when given, must be that session.
 fn log_out(c: &Call) -> Result<Value, ApiError> {
-    let session = c
-        .str("sessionUuid")
-        .map(str::to_string)
-        .or_else(|| c.session.clone());
-    if let Some(session) = session {
-        auth::logout(c.conn, &session)?;
+    let own = c
+        .session
+        .clone()
+        .ok_or_else(|| ApiError::unauthorized("LogOut needs the session it ends"))?;
+    if let Some(other) = c.str("sessionUuid").filter(|s| *s != own) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("a session can end only itself; {other} is not the caller's session"),
+        )
+        .field("sessionUuid"));
     }
+    auth::logout(c.conn, &own)?;
     Ok(json!({}))
 }
 
