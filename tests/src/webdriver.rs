@@ -103,6 +103,14 @@ impl Browser {
     }
 
     fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        match self.try_raw(method, path, body) {
+            Ok(v) => v,
+            Err((code, v)) => panic!("WebDriver {method} {path}: {code} {v}"),
+        }
+    }
+
+    /// One WebDriver call; a refusal comes back as its HTTP status and the protocol's error value.
+    fn try_raw(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, (u16, Value)> {
         let url = format!("{}{path}", self.base);
         let req = self.agent.request(method, &url);
         let res = match body {
@@ -110,10 +118,10 @@ impl Browser {
             None => req.call(),
         };
         match res {
-            Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
+            Ok(r) => Ok(r.into_json::<Value>().unwrap()["value"].clone()),
             Err(ureq::Error::Status(code, r)) => {
                 let v: Value = r.into_json().unwrap_or_default();
-                panic!("WebDriver {method} {path}: {code} {}", v["value"]);
+                Err((code, v["value"].clone()))
             }
             Err(e) => panic!("WebDriver {method} {path}: {e}"),
         }
@@ -296,12 +304,15 @@ impl Element<'_> {
             .cmd("POST", &self.path("/value"), Some(json!({"text": text})));
     }
 
+    /// The element's text; empty if the page replaced it meanwhile (the WebDriver error code
+    /// "stale element reference"), so a wait on a page that updates itself simply tries again.
     pub fn text(&self) -> String {
-        self.b
-            .cmd("GET", &self.path("/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let path = format!("/session/{}{}", self.b.session, self.path("/text"));
+        match self.b.try_raw("GET", &path, None) {
+            Ok(v) => v.as_str().unwrap_or_default().to_string(),
+            Err((_, v)) if v["error"] == "stale element reference" => String::new(),
+            Err((code, v)) => panic!("WebDriver GET {path}: {code} {v}"),
+        }
     }
 
     pub fn prop(&self, name: &str) -> Value {
