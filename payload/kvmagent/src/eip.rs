@@ -813,7 +813,8 @@ fn bridge_for(
     made: &mut Vec<Made>,
 ) -> Result<String, EipError> {
     let b = ensure_bridge(tools, interface)?;
-    if b.created {
+    // A bridge that took the host's own addresses carries its connection: never undone.
+    if b.created && b.moved_addresses.is_empty() {
         made.push(Made::Bridge {
             name: b.name.clone(),
             enslaved: b.enslaved,

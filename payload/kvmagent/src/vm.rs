@@ -222,7 +222,7 @@ impl VmHost<'_> {
         crate::bridge::ensure_bridge(self.tools, interface)
             .map(|b| b.name)
             .map_err(|e| match e {
-                BridgeError::Addressed { .. } => Refusal::new("BRIDGE_NEEDS_SETUP", e.to_string()),
+                BridgeError::Move { .. } => Refusal::new("BRIDGE_NEEDS_SETUP", e.to_string()),
                 BridgeError::Host(h) => Refusal::from(h),
             })
     }
