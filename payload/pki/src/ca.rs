@@ -201,13 +201,7 @@ impl CloudCa {
     fn leaf_params(&self, subject: &Subject) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(generate_err("the certificate"))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, subject.common_name());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, subject.role.name());
+        params.distinguished_name = subject.distinguished_name();
         params
             .distinguished_name
             .push(DnType::OrganizationName, organisation(&self.cloud_id));

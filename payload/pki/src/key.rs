@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use rcgen::{CertificateParams, DnType, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 
 use crate::files::{read_text, write_private};
 use crate::{PkiError, Subject};
@@ -61,12 +61,7 @@ impl PrivateKey {
                 what: "a certificate request",
                 source,
             })?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, subject.common_name());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, subject.role.name());
+        params.distinguished_name = subject.distinguished_name();
         let csr = params
             .serialize_request(&self.pair)
             .map_err(|source| PkiError::Generate {

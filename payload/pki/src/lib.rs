@@ -109,6 +109,14 @@ impl Subject {
         format!("{} {}", self.role, self.ip)
     }
 
+    /// The subject's common name and role (OU): what a request asks for and a certificate names.
+    pub(crate) fn distinguished_name(&self) -> rcgen::DistinguishedName {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, self.common_name());
+        dn.push(rcgen::DnType::OrganizationalUnitName, self.role.name());
+        dn
+    }
+
     /// The addresses the certificate is valid for: its own, and loopback, so that a part can
     /// check its own health over TLS on 127.0.0.1.
     pub(crate) fn addresses(&self) -> Vec<IpAddr> {
