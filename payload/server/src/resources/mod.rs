@@ -71,3 +71,33 @@ pub fn add_list(
     inventory.insert(key.into(), serde_json::Value::from(list));
     Ok(())
 }
+
+/// Refuses to detach a resource from `cluster` while VMs of that cluster that are on a host
+/// (running, paused, starting...) still use it. `vms_using_it` selects the uuids of the VMs
+/// using the resource, with the resource's uuid as `?1`; `uses_it` completes the message
+/// ("use L2 network ...") and `field` names the parameter the refusal is about.
+pub fn refuse_while_running_vms_use(
+    conn: &rusqlite::Connection,
+    vms_using_it: &str,
+    resource: &str,
+    cluster: &str,
+    uses_it: &str,
+    field: &str,
+) -> Result<(), crate::error::ApiError> {
+    let running = crate::api::count(
+        conn,
+        &format!(
+            "SELECT count(*) FROM vm_instance vm
+              WHERE vm.cluster_uuid = ?2 AND vm.host_uuid IS NOT NULL
+                AND vm.uuid IN ({vms_using_it})"
+        ),
+        rusqlite::params![resource, cluster],
+    )?;
+    if running > 0 {
+        return Err(crate::error::ApiError::in_use(format!(
+            "{running} VM(s) of cluster {cluster} {uses_it}; stop them first"
+        ))
+        .field(field));
+    }
+    Ok(())
+}

@@ -423,19 +423,14 @@ fn detach_l2(c: &Call) -> Result<Value, ApiError> {
     let l2 = c.required("l2NetworkUuid")?;
     let cluster = c.required("clusterUuid")?;
     exists(c.conn, "l2_network", "L2Network", l2, "l2NetworkUuid")?;
-    let running: i64 = count(
+    super::refuse_while_running_vms_use(
         c.conn,
-        "SELECT count(DISTINCT vm.uuid) FROM vm_nic n JOIN l3_network l ON l.uuid = n.l3_uuid
-           JOIN vm_instance vm ON vm.uuid = n.vm_uuid
-          WHERE l.l2_uuid = ?1 AND vm.cluster_uuid = ?2 AND vm.host_uuid IS NOT NULL",
-        params![l2, cluster],
+        "SELECT n.vm_uuid FROM vm_nic n JOIN l3_network l ON l.uuid = n.l3_uuid WHERE l.l2_uuid = ?1",
+        l2,
+        cluster,
+        &format!("use L2 network {l2}"),
+        "l2NetworkUuid",
     )?;
-    if running > 0 {
-        return Err(ApiError::in_use(format!(
-            "{running} VM(s) of cluster {cluster} use L2 network {l2}; stop them first"
-        ))
-        .field("l2NetworkUuid"));
-    }
     super::change_attachment(
         c.conn,
         "DELETE FROM cluster_l2_network WHERE cluster_uuid = ?1 AND l2_uuid = ?2",

@@ -463,18 +463,14 @@ fn detach_ps(c: &Call) -> Result<Value, ApiError> {
         "primaryStorageUuid",
     )?;
     exists(c.conn, "cluster", "Cluster", cluster, "clusterUuid")?;
-    let running: i64 = count(
+    super::refuse_while_running_vms_use(
         c.conn,
-        "SELECT count(DISTINCT v.vm_uuid) FROM volume v JOIN vm_instance vm ON vm.uuid = v.vm_uuid
-          WHERE v.primary_storage_uuid = ?1 AND vm.cluster_uuid = ?2 AND vm.host_uuid IS NOT NULL",
-        params![ps, cluster],
+        "SELECT v.vm_uuid FROM volume v WHERE v.primary_storage_uuid = ?1",
+        ps,
+        cluster,
+        &format!("run from primary storage {ps}"),
+        "primaryStorageUuid",
     )?;
-    if running > 0 {
-        return Err(ApiError::in_use(format!(
-            "{running} VM(s) of cluster {cluster} run from primary storage {ps}; stop them first"
-        ))
-        .field("primaryStorageUuid"));
-    }
     super::change_attachment(
         c.conn,
         "DELETE FROM cluster_primary_storage WHERE cluster_uuid = ?1 AND primary_storage_uuid = ?2",

@@ -2,6 +2,8 @@
 //! a temporary directory, the admin account, and the node's routes on 127.0.0.1 (a free port).
 #![allow(clippy::unwrap_used, dead_code)] // test code: a panic is a failed test
 
+pub mod cloud;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
