@@ -110,6 +110,7 @@ pub const HOST: Table = Table {
     fields: &[
         ("uuid", "uuid"),
         ("name", "name"),
+        ("description", "description"),
         ("zoneUuid", "zone_uuid"),
         ("clusterUuid", "cluster_uuid"),
         ("managementIp", "management_ip"),
@@ -208,9 +209,9 @@ fn add_host(c: &Call, hypervisor: &str) -> Result<String, ApiError> {
     let uuid = crate::new_uuid();
     c.conn.execute(
         "INSERT INTO host (uuid, zone_uuid, cluster_uuid, name, management_ip, hypervisor_type, state, status,
-                           agent_port, create_date, last_op_date)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'Enabled', 'Connecting', ?7, ?8, ?8)",
-        params![uuid, zone, cluster, c.required("name")?, ip, hypervisor, port, auth::now()],
+                           agent_port, create_date, last_op_date, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'Enabled', 'Connecting', ?7, ?8, ?8, ?9)",
+        params![uuid, zone, cluster, c.required("name")?, ip, hypervisor, port, auth::now(), c.str("description")],
     )?;
     Ok(uuid)
 }
@@ -267,8 +268,9 @@ fn update_host(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
     exists(c.conn, "host", "Host", uuid, "uuid")?;
     c.conn.execute(
-        "UPDATE host SET name = coalesce(?2, name), last_op_date = ?3 WHERE uuid = ?1",
-        params![uuid, c.str("name"), auth::now()],
+        "UPDATE host SET name = coalesce(?2, name), description = coalesce(?4, description),
+                last_op_date = ?3 WHERE uuid = ?1",
+        params![uuid, c.str("name"), auth::now(), c.str("description")],
     )?;
     Ok(inventory(one(c.conn, &HOST, uuid)?))
 }
