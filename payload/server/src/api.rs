@@ -67,6 +67,10 @@ pub enum Handler {
     Read(fn(&Call) -> Result<Value, ApiError>),
     /// Answers at once.
     Sync(fn(&Call) -> Result<Value, ApiError>),
+    /// Does slow work that must not hold up the writers (password hashing): runs on a reader
+    /// connection, like `Read`, and takes the writer lock ([`Node::db`]) itself, only for its
+    /// writes.
+    Unlocked(fn(&Call) -> Result<Value, ApiError>),
     /// Checks and reserves at once, then runs the returned job; the caller polls it.
     Async(fn(&Call) -> Result<Job, ApiError>),
 }

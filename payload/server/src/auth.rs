@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::Sha256;
 
 use crate::error::ApiError;
+use crate::Node;
 
 const ROUNDS: u32 = 100_000;
 
@@ -63,14 +64,17 @@ pub fn ensure_admin(conn: &Connection, password: &str) -> Result<bool, ApiError>
     Ok(true)
 }
 
-/// Logs in; returns (session uuid, account uuid, expiry).
+/// Logs in; returns (session uuid, account uuid, expiry). The account's hash is read and the
+/// password checked on `reader`, without the writer lock (the hashing is the slow part); the
+/// lock is taken only to record the session.
 pub fn login(
-    conn: &Connection,
+    node: &Node,
+    reader: &Connection,
     name: &str,
     password: &str,
     ttl_secs: i64,
 ) -> Result<(String, String, String), ApiError> {
-    let row: Option<(String, String)> = conn
+    let row: Option<(String, String)> = reader
         .query_row(
             "SELECT uuid, password_hash FROM account WHERE name = ?1",
             [name],
@@ -88,6 +92,16 @@ pub fn login(
     if !verify_password(password, &hash) {
         return Err(wrong());
     }
+    let (session, expiry) = start_session(&*node.db()?, &account, ttl_secs)?;
+    Ok((session, account, expiry))
+}
+
+/// Records a new session of `account`; returns (session uuid, expiry).
+fn start_session(
+    conn: &Connection,
+    account: &str,
+    ttl_secs: i64,
+) -> Result<(String, String), ApiError> {
     let session = crate::new_uuid();
     let expiry = (chrono::Utc::now() + chrono::Duration::seconds(ttl_secs))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -95,7 +109,7 @@ pub fn login(
         "INSERT INTO session (uuid, account_uuid, expired_date, create_date) VALUES (?1, ?2, ?3, ?4)",
         params![session, account, expiry, now()],
     )?;
-    Ok((session, account, expiry))
+    Ok((session, expiry))
 }
 
 /// The account of a valid, unexpired session.

@@ -428,12 +428,12 @@ async fn call_api(
     let session = session_of(&headers);
     let worker = node.clone();
     let _slot = match &spec.handler {
-        api::Handler::Read(_) => None,
+        api::Handler::Read(_) | api::Handler::Unlocked(_) => None,
         _ => node.write_slots.acquire().await.ok(),
     };
     let outcome = tokio::task::spawn_blocking(move || {
         let node = worker;
-        if let api::Handler::Read(f) = &spec.handler {
+        if let api::Handler::Read(f) | api::Handler::Unlocked(f) = &spec.handler {
             let conn = node.reader()?;
             if spec.needs_session {
                 require_session(&conn, session.as_deref())?;
@@ -457,7 +457,9 @@ async fn call_api(
             session,
         };
         match &spec.handler {
-            api::Handler::Sync(f) | api::Handler::Read(f) => f(&call).map(Answer::Now),
+            api::Handler::Sync(f) | api::Handler::Read(f) | api::Handler::Unlocked(f) => {
+                f(&call).map(Answer::Now)
+            }
             api::Handler::Async(f) => {
                 let job = f(&call)?;
                 let uuid = node

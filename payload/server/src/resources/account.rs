@@ -16,7 +16,7 @@ pub const APIS: &[ApiSpec] = &[
             req("accountName", "account name, e.g. admin"),
             req("password", "the account's password"),
         ],
-        handler: Handler::Sync(log_in),
+        handler: Handler::Unlocked(log_in),
     },
     ApiSpec {
         name: "LogOut",
@@ -63,6 +63,7 @@ fn log_in(c: &Call) -> Result<Value, ApiError> {
         .parse()
         .unwrap_or(7200);
     let (session, account, expiry) = auth::login(
+        c.node,
         c.conn,
         c.required("accountName")?,
         c.required("password")?,

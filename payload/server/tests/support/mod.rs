@@ -175,3 +175,31 @@ impl TestNode {
         v["apis"].as_array().unwrap().clone()
     }
 }
+
+impl TestNode {
+    /// `POST /v1/api/<name>` that gives up after `timeout`: None when no answer came in time.
+    pub fn call_within(
+        &self,
+        name: &str,
+        session: Option<&str>,
+        params: &Value,
+        timeout: Duration,
+    ) -> Option<Answer> {
+        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        let mut req = agent
+            .post(&format!("{}/v1/api/{name}", self.url))
+            .set("Content-Type", "application/json");
+        if let Some(s) = session {
+            req = req.set("Authorization", &format!("OAuth {s}"));
+        }
+        let r = match req.send_string(&params.to_string()) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(_) => return None,
+        };
+        let status = r.status();
+        let text = r.into_string().ok()?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Some(Answer { status, body })
+    }
+}

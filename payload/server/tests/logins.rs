@@ -1,0 +1,37 @@
+//! LogInByAccount: the password is checked without the writer lock.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{TestNode, ADMIN_PASSWORD};
+
+#[test]
+fn a_login_checks_the_password_without_the_writer_lock() {
+    let node = TestNode::start();
+    let writer = node.node.db.lock().unwrap();
+    // A wrong password is told while another call holds the writer lock: checking it never
+    // waits for the writers.
+    let a = node
+        .call_within(
+            "LogInByAccount",
+            None,
+            &json!({"accountName": "admin", "password": "not-the-password"}),
+            Duration::from_secs(20),
+        )
+        .expect("a wrong password waited for the writer lock");
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "WRONG_CREDENTIALS");
+    // A right one is checked meanwhile too, and gets its session once the lock is free.
+    let login = std::thread::scope(|scope| {
+        let login = scope.spawn(|| node.login("admin", ADMIN_PASSWORD));
+        std::thread::sleep(Duration::from_millis(200));
+        drop(writer);
+        login.join().unwrap()
+    });
+    assert_eq!(login.status, 200, "{}", login.body);
+    let s = login.body["inventory"]["uuid"].as_str().unwrap();
+    node.ok("QueryZone", s, json!({}));
+}
