@@ -1,6 +1,10 @@
 //! Accounts and sessions, as in the original: `LogInByAccount` gives a session uuid that every
 //! other call carries (`Authorization: OAuth <uuid>`); sessions expire; passwords are stored as
-//! PBKDF2-HMAC-SHA256 hashes, never in plain text.
+//! PBKDF2-HMAC-SHA256 hashes, never in plain text. An unknown account name costs a login what a
+//! wrong password costs (the same rounds against a dummy hash), so timing does not tell which
+//! names exist.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::Sha256;
@@ -24,21 +28,73 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 }
 
 pub fn verify_password(password: &str, stored: &str) -> bool {
-    let parts: Vec<&str> = stored.split('$').collect();
-    let [alg, rounds, salt, hash] = parts.as_slice() else {
-        return false;
-    };
-    if *alg != "pbkdf2-sha256" {
-        return false;
+    StoredHash::parse(stored).is_some_and(|h| h.matches(password))
+}
+
+/// A stored `pbkdf2-sha256$<rounds>$<salt hex>$<hash hex>`, taken apart.
+struct StoredHash {
+    rounds: u32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl StoredHash {
+    fn parse(stored: &str) -> Option<StoredHash> {
+        let parts: Vec<&str> = stored.split('$').collect();
+        let [alg, rounds, salt, hash] = parts.as_slice() else {
+            return None;
+        };
+        if *alg != "pbkdf2-sha256" {
+            return None;
+        }
+        Some(StoredHash {
+            rounds: rounds.parse().ok()?,
+            salt: hex::decode(salt).ok()?,
+            hash: hex::decode(hash).ok()?,
+        })
     }
-    let (Ok(rounds), Ok(salt), Ok(hash)) =
-        (rounds.parse::<u32>(), hex::decode(salt), hex::decode(hash))
-    else {
-        return false;
-    };
-    let mut out = vec![0u8; hash.len()];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, rounds, &mut out);
-    zstack_common::secret::constant_time_eq(&out, &hash)
+
+    /// What an unknown account is checked against: this release's rounds and sizes, a hash no
+    /// password gives (all zeros), so it costs what a wrong password costs.
+    fn dummy() -> StoredHash {
+        StoredHash {
+            rounds: ROUNDS,
+            salt: vec![0; 16],
+            hash: vec![0; 32],
+        }
+    }
+
+    fn matches(&self, password: &str) -> bool {
+        let mut out = vec![0u8; self.hash.len()];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &self.salt, self.rounds, &mut out);
+        zstack_common::secret::constant_time_eq(&out, &self.hash)
+    }
+}
+
+/// What the logins of a node share: how many PBKDF2 rounds they ran, which shows that an
+/// unknown account costs what a wrong password costs.
+#[derive(Default)]
+pub struct Logins {
+    rounds_run: AtomicU64,
+}
+
+impl Logins {
+    /// PBKDF2 rounds run by logins since the node started.
+    pub fn rounds_run(&self) -> u64 {
+        self.rounds_run.load(Ordering::Relaxed)
+    }
+
+    /// Checks `password` against `stored`, the hash of the account; an unknown account (None)
+    /// or an unreadable hash is checked against a dummy of the same cost, and fails.
+    fn check(&self, password: &str, stored: Option<&str>) -> bool {
+        let (hash, known) = match stored.and_then(StoredHash::parse) {
+            Some(h) => (h, true),
+            None => (StoredHash::dummy(), false),
+        };
+        self.rounds_run
+            .fetch_add(u64::from(hash.rounds), Ordering::Relaxed);
+        hash.matches(password) && known
+    }
 }
 
 pub fn now() -> String {
@@ -88,10 +144,10 @@ pub fn login(
             "wrong account name or password",
         )
     };
-    let (account, hash) = row.ok_or_else(wrong)?;
-    if !verify_password(password, &hash) {
-        return Err(wrong());
-    }
+    let verified = node
+        .logins
+        .check(password, row.as_ref().map(|(_, hash)| hash.as_str()));
+    let (account, _) = row.filter(|_| verified).ok_or_else(wrong)?;
     let (session, expiry) = start_session(&*node.db()?, &account, ttl_secs)?;
     Ok((session, account, expiry))
 }

@@ -48,6 +48,8 @@ pub struct Node {
     pub write_slots: tokio::sync::Semaphore,
     pub job_slots: Arc<tokio::sync::Semaphore>,
     pub jobs: job::JobBoard,
+    /// What logins share (rounds run; failed attempts).
+    pub logins: auth::Logins,
     /// Set when the node is stopping: job waits answer at once.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// When the host tracker last refreshed primary storage capacities.
@@ -129,6 +131,7 @@ impl Node {
             write_slots: tokio::sync::Semaphore::new(WRITERS),
             job_slots: Arc::new(tokio::sync::Semaphore::new(JOB_RUNNERS)),
             jobs: job::JobBoard::default(),
+            logins: auth::Logins::default(),
             stopping: tokio::sync::watch::channel(false).0,
             capacity_refreshed: Mutex::new(None),
             agent_secret: config.agent_secret,

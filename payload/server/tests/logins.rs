@@ -1,4 +1,5 @@
-//! LogInByAccount: the password is checked without the writer lock.
+//! LogInByAccount: the password is checked without the writer lock; an unknown account costs
+//! what a wrong password costs.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -34,4 +35,21 @@ fn a_login_checks_the_password_without_the_writer_lock() {
     assert_eq!(login.status, 200, "{}", login.body);
     let s = login.body["inventory"]["uuid"].as_str().unwrap();
     node.ok("QueryZone", s, json!({}));
+}
+
+#[test]
+fn an_unknown_account_costs_what_a_wrong_password_costs() {
+    let node = TestNode::start();
+    let rounds = || node.node.logins.rounds_run();
+    let before = rounds();
+    let a = node.login("admin", "not-the-password");
+    assert_eq!(a.status, 401, "{}", a.body);
+    let wrong_password = rounds() - before;
+    let before = rounds();
+    let b = node.login("nobody-by-this-name", "not-the-password");
+    let unknown_account = rounds() - before;
+    // The same answer, after the same work.
+    assert_eq!((b.status, &b.body), (a.status, &a.body));
+    assert!(wrong_password > 0);
+    assert_eq!(unknown_account, wrong_password);
 }
