@@ -100,6 +100,7 @@ pub fn serve_until_signal(
 /// How a port is served.
 #[derive(Clone)]
 pub enum Listen {
+    /// Plain HTTP; the peer's address reaches the handlers as `ConnectInfo<SocketAddr>`.
     Plain,
     /// TLS with this (replaceable) configuration; the peer's certificate reaches the handlers
     /// as a [`PeerCertificate`] extension.
@@ -150,10 +151,13 @@ pub fn serve_endpoints_until_signal(
                     let _ = stop.wait_for(|s| *s).await;
                 };
                 match endpoint.listen {
-                    Listen::Plain => axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                        .context("HTTP server failed"),
+                    Listen::Plain => axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(stopped)
+                    .await
+                    .context("HTTP server failed"),
                     Listen::Tls(config) => {
                         serve_tls(listener, config, app, stopped).await;
                         Ok(())

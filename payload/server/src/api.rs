@@ -60,6 +60,8 @@ pub struct Call<'a> {
     pub node: &'a Arc<Node>,
     pub params: &'a Map<String, Value>,
     pub session: Option<String>,
+    /// The address the call came from, where the listener tells it.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 pub enum Handler {

@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::Sha256;
 
 use crate::error::ApiError;
+use crate::login_limit::{FailedLogins, Limits};
 use crate::Node;
 
 const ROUNDS: u32 = 100_000;
@@ -71,11 +72,12 @@ impl StoredHash {
     }
 }
 
-/// What the logins of a node share: how many PBKDF2 rounds they ran, which shows that an
-/// unknown account costs what a wrong password costs.
+/// What the logins of a node share: the failed attempts, and how many PBKDF2 rounds they ran
+/// (which shows that an unknown account costs what a wrong password costs).
 #[derive(Default)]
 pub struct Logins {
     rounds_run: AtomicU64,
+    pub failed: FailedLogins,
 }
 
 impl Logins {
@@ -122,14 +124,21 @@ pub fn ensure_admin(conn: &Connection, password: &str) -> Result<bool, ApiError>
 
 /// Logs in; returns (session uuid, account uuid, expiry). The account's hash is read and the
 /// password checked on `reader`, without the writer lock (the hashing is the slow part); the
-/// lock is taken only to record the session.
+/// lock is taken only to record the session. Failed attempts are limited per account name and
+/// per source address ([`crate::login_limit`]).
 pub fn login(
     node: &Node,
     reader: &Connection,
+    peer: Option<std::net::IpAddr>,
     name: &str,
     password: &str,
     ttl_secs: i64,
 ) -> Result<(String, String, String), ApiError> {
+    let limits = Limits::read(reader, &node.release)?;
+    let attempt = node
+        .logins
+        .failed
+        .begin(name, peer, limits, std::time::Instant::now())?;
     let row: Option<(String, String)> = reader
         .query_row(
             "SELECT uuid, password_hash FROM account WHERE name = ?1",
@@ -148,6 +157,7 @@ pub fn login(
         .logins
         .check(password, row.as_ref().map(|(_, hash)| hash.as_str()));
     let (account, _) = row.filter(|_| verified).ok_or_else(wrong)?;
+    node.logins.failed.succeeded(attempt);
     let (session, expiry) = start_session(&*node.db()?, &account, ttl_secs)?;
     Ok((session, account, expiry))
 }

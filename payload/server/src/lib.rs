@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod globalconfig;
 pub mod job;
+pub mod login_limit;
 pub mod query;
 pub mod resources;
 
@@ -410,8 +411,13 @@ async fn call_api(
     State(node): State<Arc<Node>>,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
+    plain_peer: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    tls_peer: Option<axum::Extension<zstack_http::PeerAddress>>,
     body: axum::body::Bytes,
 ) -> Response {
+    let peer = tls_peer
+        .map(|p| p.0 .0.ip())
+        .or(plain_peer.map(|p| p.0.ip()));
     let result = (|| {
         let spec = api::find(&node.release, &name)?;
         let params: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
@@ -446,6 +452,7 @@ async fn call_api(
                 node: &node,
                 params: &params,
                 session,
+                peer,
             };
             return f(&call).map(Answer::Now);
         }
@@ -458,6 +465,7 @@ async fn call_api(
             node: &node,
             params: &params,
             session,
+            peer,
         };
         match &spec.handler {
             api::Handler::Sync(f) | api::Handler::Read(f) | api::Handler::Unlocked(f) => {

@@ -1,5 +1,5 @@
 //! LogInByAccount: the password is checked without the writer lock; an unknown account costs
-//! what a wrong password costs.
+//! what a wrong password costs; failed logins are limited per account and per source address.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -52,4 +52,54 @@ fn an_unknown_account_costs_what_a_wrong_password_costs() {
     assert_eq!((b.status, &b.body), (a.status, &a.body));
     assert!(wrong_password > 0);
     assert_eq!(unknown_account, wrong_password);
+}
+
+fn set_config(node: &TestNode, s: &str, name: &str, value: &str) {
+    node.ok(
+        "UpdateGlobalConfig",
+        s,
+        json!({"category": "identity", "name": name, "value": value}),
+    );
+}
+
+#[test]
+fn failed_logins_are_limited_per_account() {
+    let node = TestNode::start();
+    let s = node.admin_session();
+    set_config(&node, &s, "session.failedLoginLimitPerAccount", "2");
+    for _ in 0..2 {
+        assert_eq!(node.login("admin", "not-the-password").status, 401);
+    }
+    // Past the limit even the right password is refused, saying when to try again.
+    let a = node.login("admin", ADMIN_PASSWORD);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "TOO_MANY_FAILED_LOGINS");
+    assert_eq!(a.error_field(), Some("accountName"));
+    assert!(a.message().contains("try again in "), "{}", a.message());
+    assert!(a.message().contains("for account admin"), "{}", a.message());
+    // The sessions already given still work; the window is a global config.
+    node.ok("QueryZone", &s, json!({}));
+    set_config(&node, &s, "session.failedLoginWindowSeconds", "1");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(node.login("admin", ADMIN_PASSWORD).status, 200);
+}
+
+#[test]
+fn failed_logins_are_limited_per_source_address() {
+    let node = TestNode::start();
+    let s = node.admin_session();
+    set_config(&node, &s, "session.failedLoginLimitPerAddress", "3");
+    for name in ["guess1", "guess2", "guess3"] {
+        assert_eq!(node.login(name, "x").status, 401);
+    }
+    let a = node.login("admin", ADMIN_PASSWORD);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.message().contains("from 127.0.0.1"), "{}", a.message());
+    // A value out of range is refused with the range.
+    let a = node.call(
+        "UpdateGlobalConfig",
+        Some(&s),
+        json!({"category": "identity", "name": "session.failedLoginLimitPerAddress", "value": "0"}),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
 }

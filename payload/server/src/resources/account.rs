@@ -65,6 +65,7 @@ fn log_in(c: &Call) -> Result<Value, ApiError> {
     let (session, account, expiry) = auth::login(
         c.node,
         c.conn,
+        c.peer,
         c.required("accountName")?,
         c.required("password")?,
         ttl,
