@@ -115,6 +115,7 @@ const RELEASES: &[(Since, &[ApiSpec])] = &[
     ((1, 0, 0), resources::account::APIS),
     ((1, 0, 0), resources::zone::APIS),
     ((1, 2, 0), resources::account::JOB_APIS),
+    ((1, 2, 0), resources::account::PASSWORD_APIS),
     ((1, 2, 0), resources::cluster::APIS),
     ((1, 2, 0), resources::host::APIS),
     ((1, 2, 0), resources::storage::APIS),

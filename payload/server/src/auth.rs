@@ -199,6 +199,39 @@ pub fn check_session(conn: &Connection, session: &str) -> Result<String, ApiErro
     Ok(account)
 }
 
+/// The type of account `uuid` (SystemAdmin or Normal), None when there is no such account.
+pub fn account_type(conn: &Connection, uuid: &str) -> Result<Option<String>, ApiError> {
+    Ok(conn
+        .query_row("SELECT type FROM account WHERE uuid = ?1", [uuid], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Stores `hash` as the password of `account` and ends the account's sessions other than
+/// `keep` (the caller's), in one transaction.
+pub fn set_password(
+    conn: &Connection,
+    account: &str,
+    hash: &str,
+    keep: &str,
+) -> Result<(), ApiError> {
+    let tx = conn.unchecked_transaction()?;
+    let changed = tx.execute(
+        "UPDATE account SET password_hash = ?2, last_op_date = ?3 WHERE uuid = ?1",
+        params![account, hash, now()],
+    )?;
+    if changed == 0 {
+        return Err(ApiError::not_found("Account", account));
+    }
+    tx.execute(
+        "DELETE FROM session WHERE account_uuid = ?1 AND uuid != ?2",
+        params![account, keep],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 pub fn logout(conn: &Connection, session: &str) -> Result<(), ApiError> {
     conn.execute("DELETE FROM session WHERE uuid = ?1", [session])?;
     Ok(())

@@ -49,6 +49,22 @@ pub const APIS: &[ApiSpec] = &[
     },
 ];
 
+/// Changing a password came with 1.2.0.
+pub const PASSWORD_APIS: &[ApiSpec] = &[ApiSpec {
+    name: "UpdateAccount",
+    description: "Change an account's password: the admin may change any account's, an account \
+                  only its own. Every other session of the account ends (the caller's stays)",
+    needs_session: true,
+    params: &[
+        req(
+            "uuid",
+            "the account (LogInByAccount answers the caller's as accountUuid)",
+        ),
+        req("password", "the new password, 8 to 256 characters"),
+    ],
+    handler: Handler::Unlocked(update_account),
+}];
+
 /// Jobs came with 1.2.0.
 pub const JOB_APIS: &[ApiSpec] = &[ApiSpec {
     name: "QueryJob",
@@ -92,6 +108,63 @@ fn log_out(c: &Call) -> Result<Value, ApiError> {
     }
     auth::logout(c.conn, &own)?;
     Ok(json!({}))
+}
+
+pub const ACCOUNT: Table = Table {
+    resource: "Account",
+    table: "account",
+    fields: &[
+        ("uuid", "uuid"),
+        ("name", "name"),
+        ("type", "type"),
+        ("createDate", "create_date"),
+        ("lastOpDate", "last_op_date"),
+    ],
+    expand: None,
+};
+
+const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=256;
+
+/// Runs on a reader connection: who may is checked and the new hash made without the writer
+/// lock, which is taken only to store it and end the account's other sessions.
+fn update_account(c: &Call) -> Result<Value, ApiError> {
+    let target = c.required("uuid")?;
+    let password = c.required("password")?;
+    let chars = password.chars().count();
+    if !PASSWORD_CHARS.contains(&chars) {
+        return Err(ApiError::invalid(
+            "password",
+            format!(
+                "the password must have {} to {} characters, not {chars}",
+                PASSWORD_CHARS.start(),
+                PASSWORD_CHARS.end()
+            ),
+        ));
+    }
+    let session = c
+        .session
+        .as_deref()
+        .ok_or_else(|| ApiError::unauthorized("UpdateAccount needs a session"))?;
+    let caller = auth::check_session(c.conn, session)?;
+    let caller_is_admin = auth::account_type(c.conn, &caller)?.as_deref() == Some("SystemAdmin");
+    if auth::account_type(c.conn, target)?.is_none() {
+        return Err(ApiError::not_found("Account", target));
+    }
+    if target != caller && !caller_is_admin {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!(
+                "account {caller} may change only its own password, not that of {target}; \
+                 the admin may change any"
+            ),
+        )
+        .field("uuid"));
+    }
+    let hash = auth::hash_password(password)?;
+    let conn = c.node.db()?;
+    auth::set_password(&conn, target, &hash, session)?;
+    Ok(inventory(crate::api::one(&conn, &ACCOUNT, target)?))
 }
 
 pub const GLOBAL_CONFIG: Table = Table {
