@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod kvm;
 pub mod nspawn;
+pub mod simulated_cloud;
+pub mod suite;
 pub mod webdriver;
 
 use std::collections::BTreeMap;
