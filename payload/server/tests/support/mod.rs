@@ -185,6 +185,17 @@ impl TestNode {
         params: &Value,
         timeout: Duration,
     ) -> Option<Answer> {
+        self.raw_within(name, session, params.to_string().as_bytes(), timeout)
+    }
+
+    /// [`TestNode::raw`] that gives up after `timeout`: None when no answer came in time.
+    pub fn raw_within(
+        &self,
+        name: &str,
+        session: Option<&str>,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Option<Answer> {
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
         let mut req = agent
             .post(&format!("{}/v1/api/{name}", self.url))
@@ -192,7 +203,7 @@ impl TestNode {
         if let Some(s) = session {
             req = req.set("Authorization", &format!("OAuth {s}"));
         }
-        let r = match req.send_string(&params.to_string()) {
+        let r = match req.send_bytes(body) {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(_) => return None,
