@@ -226,6 +226,46 @@ pub struct UsedIp {
     pub gateway: String,
 }
 
+/// The addresses of an IP range as integers: `start..=end`, of which `gateway` (when inside)
+/// is never handed out.
+#[derive(Debug, Clone, Copy)]
+struct RangeSpan {
+    start: u32,
+    end: u32,
+    gateway: u32,
+}
+
+impl RangeSpan {
+    fn size(&self) -> u64 {
+        u64::from(self.end - self.start) + 1
+    }
+
+    /// Whether `used` addresses handed out from the range leave none free.
+    fn is_full(&self, used: u64) -> bool {
+        let gateway_inside = (self.start..=self.end).contains(&self.gateway) as u64;
+        used + gateway_inside >= self.size()
+    }
+
+    /// The first address that is neither the gateway nor used (`is_used`), walking the range
+    /// from its `seed`-th address (modulo its size) and wrapping round; `None` when there is
+    /// none.
+    fn first_free_from(
+        &self,
+        seed: u32,
+        is_used: impl Fn(u32) -> Result<bool, ApiError>,
+    ) -> Result<Option<u32>, ApiError> {
+        let size = self.size();
+        let offset = u64::from(seed) % size;
+        for i in 0..size {
+            let v = self.start + ((offset + i) % size) as u32;
+            if v != self.gateway && !is_used(v)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Takes a free address of `l3` (or exactly `wanted`) for `owner`. Must run inside the caller's
 /// transaction, under the DB lock.
 pub fn allocate_ip(
@@ -287,27 +327,21 @@ pub fn allocate_ip(
         pick = Some((range.clone(), v));
     } else {
         for range in &ranges {
-            let (_, s, e, _, g) = range;
-            let size = (e - s) as u64 + 1;
+            let span = RangeSpan {
+                start: range.1,
+                end: range.2,
+                gateway: to_int(&range.4)?,
+            };
             let used: i64 = conn
                 .prepare_cached("SELECT count(*) FROM used_ip WHERE ip_range_uuid = ?1")?
                 .query_row([&range.0], |r| r.get(0))?;
-            let gw = to_int(g)?;
-            let gw_inside = (*s..=*e).contains(&gw) as u64;
-            if used as u64 + gw_inside >= size {
+            if span.is_full(used as u64) {
                 continue;
             }
             let mut seed = [0u8; 4];
             getrandom::getrandom(&mut seed).map_err(|e| ApiError::internal(e.to_string()))?;
-            let offset = (u32::from_le_bytes(seed) as u64 % size) as u32;
-            for i in 0..size as u32 {
-                let v = s + (offset.wrapping_add(i) % size as u32);
-                if v != gw && !is_used(v)? {
-                    pick = Some((range.clone(), v));
-                    break;
-                }
-            }
-            if pick.is_some() {
+            if let Some(v) = span.first_free_from(u32::from_le_bytes(seed), is_used)? {
+                pick = Some((range.clone(), v));
                 break;
             }
         }
@@ -384,4 +418,98 @@ pub(super) fn delete_vip(c: &Call) -> Result<Value, ApiError> {
     tx.execute("DELETE FROM vip WHERE uuid = ?1", [uuid])?;
     tx.commit()?;
     Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn int(ip: &str) -> u32 {
+        u32::from(ip.parse::<Ipv4Addr>().unwrap())
+    }
+
+    /// 10.0.0.10-10.0.0.14 with the gateway `gateway`.
+    fn span(gateway: &str) -> RangeSpan {
+        RangeSpan {
+            start: int("10.0.0.10"),
+            end: int("10.0.0.14"),
+            gateway: int(gateway),
+        }
+    }
+
+    fn used(ips: &[&str]) -> impl Fn(u32) -> Result<bool, ApiError> {
+        let set: HashSet<u32> = ips.iter().map(|ip| int(ip)).collect();
+        move |v| Ok(set.contains(&v))
+    }
+
+    fn free_from(span: RangeSpan, seed: u32, taken: &[&str]) -> Option<String> {
+        span.first_free_from(seed, used(taken))
+            .unwrap()
+            .map(|v| Ipv4Addr::from(v).to_string())
+    }
+
+    #[test]
+    fn the_walk_starts_at_the_seed_and_wraps_round_the_range() {
+        let s = span("10.0.0.1");
+        assert_eq!(free_from(s, 0, &[]).as_deref(), Some("10.0.0.10"));
+        assert_eq!(free_from(s, 3, &[]).as_deref(), Some("10.0.0.13"));
+        assert_eq!(
+            free_from(s, 5, &[]).as_deref(),
+            Some("10.0.0.10"),
+            "the seed is taken modulo the size"
+        );
+        assert_eq!(
+            free_from(s, u32::MAX, &[]).as_deref(),
+            Some("10.0.0.10"),
+            "u32::MAX % 5 = 0"
+        );
+        assert_eq!(
+            free_from(s, 3, &["10.0.0.13", "10.0.0.14"]).as_deref(),
+            Some("10.0.0.10"),
+            "past the end it goes on from the start"
+        );
+    }
+
+    #[test]
+    fn used_addresses_and_the_gateway_are_never_picked() {
+        let s = span("10.0.0.12");
+        for seed in 0..10 {
+            let got = free_from(s, seed, &["10.0.0.10", "10.0.0.11", "10.0.0.14"]);
+            assert_eq!(got.as_deref(), Some("10.0.0.13"), "seed {seed}");
+        }
+        assert_eq!(
+            free_from(s, 0, &["10.0.0.10", "10.0.0.11", "10.0.0.13", "10.0.0.14"]),
+            None,
+            "only the gateway is left"
+        );
+    }
+
+    #[test]
+    fn a_range_is_full_when_its_used_addresses_and_gateway_fill_it() {
+        let outside = span("10.0.0.1");
+        assert!(!outside.is_full(4));
+        assert!(outside.is_full(5));
+        let inside = span("10.0.0.12");
+        assert!(!inside.is_full(3));
+        assert!(inside.is_full(4), "the gateway takes the fifth address");
+        let one = RangeSpan {
+            start: int("10.0.0.10"),
+            end: int("10.0.0.10"),
+            gateway: int("10.0.0.1"),
+        };
+        assert_eq!(one.size(), 1);
+        assert_eq!(free_from(one, 7, &[]).as_deref(), Some("10.0.0.10"));
+        assert_eq!(free_from(one, 7, &["10.0.0.10"]), None);
+    }
+
+    #[test]
+    fn an_error_from_the_used_check_is_passed_on() {
+        let failing = |_| Err(ApiError::internal("db gone"));
+        let e = span("10.0.0.1").first_free_from(0, failing).unwrap_err();
+        assert_eq!(e.message, "db gone");
+    }
 }
