@@ -79,7 +79,10 @@ pub fn run<S>(setup: impl FnOnce() -> S, tests: &[Test<S>]) -> ExitCode {
     println!("\nrunning {} tests", selected.len());
     if !args.run_ignored {
         for t in &selected {
-            println!("test {} ... ignored, needs root and build/*.bin: run by make test", t.name);
+            println!(
+                "test {} ... ignored, needs root and build/*.bin: run by make test",
+                t.name
+            );
         }
         summary(0, &[], selected.len(), filtered_out);
         return ExitCode::SUCCESS;

@@ -67,7 +67,10 @@ impl Flow {
     }
 
     fn web1_nic(&self) -> String {
-        self.vms[0]["vmNics"][0]["uuid"].as_str().unwrap().to_string()
+        self.vms[0]["vmNics"][0]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -550,7 +553,10 @@ fn destroy_frees_the_ip_and_keeps_the_eip_detached(f: &Flow) {
         "CreateEip",
         "name=eip-doomed",
         &format!("vipUuid={vip}"),
-        &format!("vmNicUuid={}", doomed["vmNics"][0]["uuid"].as_str().unwrap()),
+        &format!(
+            "vmNicUuid={}",
+            doomed["vmNics"][0]["uuid"].as_str().unwrap()
+        ),
     ]);
     let used_before = cli.ok(&["QueryVmInstance", "count=true"])["total"]
         .as_i64()

@@ -58,7 +58,11 @@ fn running_vms_keep_their_l2_network_and_primary_storage_attached() {
     for (call, params, _, _) in &refusals {
         let a = cloud.call(call, params.clone());
         assert_eq!(a.status, 409, "{call} with one VM running: {}", a.body);
-        assert!(a.message().starts_with("1 VM(s)"), "{call}: {}", a.message());
+        assert!(
+            a.message().starts_with("1 VM(s)"),
+            "{call}: {}",
+            a.message()
+        );
     }
     // Both stopped: the detaches go through.
     cloud.ok("StopVmInstance", json!({"uuid": vms[1]}));
