@@ -33,12 +33,35 @@ pub fn bin_path(version: &str) -> PathBuf {
     p
 }
 
-/// Fails the test unless it runs as root.
+/// Fails the test unless it runs as root, then waits for this host to be the test binary's
+/// alone (see [`hold_the_host`]).
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test needs root (make test runs it as root)"
     );
+    hold_the_host();
+}
+
+/// Where test binaries that install on this host, boot containers or start daemons queue.
+pub const HOST_TEST_LOCK: &str = "/run/lock/zstack-tests-on-this-host.lock";
+
+/// Takes the host for this test binary until it exits: tests of two checkouts run at once would
+/// install over each other. The lock file is opened close-on-exec (Rust's default), so daemons
+/// a test starts (libvirtd, virtlogd, dnsmasq) never inherit it and hold the host after the test.
+pub fn hold_the_host() {
+    static HELD: std::sync::OnceLock<nix::fcntl::Flock<std::fs::File>> =
+        std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(HOST_TEST_LOCK)
+            .unwrap_or_else(|e| panic!("cannot open {HOST_TEST_LOCK}: {e}"));
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, e)| panic!("cannot lock {HOST_TEST_LOCK}: {e}"))
+    });
 }
 
 /// Runs a command and returns its output (never panics on a non-zero exit).
