@@ -13,9 +13,10 @@ all: bin
 ## make bin [VERSION=x.y.z]: build build/zstack-installer-<version>.bin in release mode
 bin:
 	$(CARGO) build --release --locked -p zstack -p zstack-installer
+	$(CARGO) build --profile unpacker --locked -p zstack-unpack
 	mkdir -p build
 	target/release/zstack-bin-builder --version $(VERSION) --level $(ZSTD_LEVEL) \
-		--zstack target/release/zstack --installer target/release/zstack-installer \
+		--zstack target/release/zstack --unpacker target/unpacker/zstack-unpack \
 		--templates templates --migrations payload/migrations --header scripts/header.sh \
 		--out $(BIN)
 

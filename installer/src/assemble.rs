@@ -3,11 +3,12 @@
 //! 1. Stage the release tree: `bin/zstack` and its four names as symlinks, `templates/`, the
 //!    migrations of releases up to the one being built (so `VERSION=1.0.0` carries only what
 //!    1.0.0 had), and `release.json`.
-//! 2. Write the MANIFEST (sha256, mode and size of every file) and pack the tree as a tar whose
-//!    first entry is the MANIFEST, compressed with zstd.
-//! 3. Compress the installer program with gzip (the one decompressor every target host has).
+//! 2. Write the MANIFEST (sha256, mode and size of every file, `bin/zstack` included) and pack
+//!    the tree but `bin/zstack` as a tar whose first entry is the MANIFEST, compressed with zstd.
+//! 3. Compress `bin/zstack` with zstd as the installer part (the header runs it as
+//!    `zstack-installer`), and the unpacker with gzip (the one decompressor every target host has).
 //! 4. Fill the offsets and checksums into the sh header, pad it to a fixed size, and write
-//!    header, installer, payload and trailer.
+//!    header, installer, payload, unpacker and trailer.
 
 use std::fs;
 use std::io::Write;
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use zstack_common::release::{Manifest, ManifestEntry, Release, MANIFEST_FILE, RELEASE_FILE};
 use zstack_common::PRODUCT;
 
-use crate::binfmt::{Trailer, TRAILER_SIZE};
+use crate::binfmt::{Trailer, PROGRAM_FILE, TRAILER_SIZE};
 
 /// The names the multi-call program is linked as.
 pub const PROGRAM_NAMES: [&str; 4] = [
@@ -32,7 +33,8 @@ pub const PROGRAM_NAMES: [&str; 4] = [
 pub struct BuildInputs {
     pub version: semver::Version,
     pub zstack_program: PathBuf,
-    pub installer_program: PathBuf,
+    /// `zstack-unpack` (installer/unpack).
+    pub unpacker_program: PathBuf,
     pub templates_dir: PathBuf,
     pub migrations_dir: PathBuf,
     pub header_template: PathBuf,
@@ -66,7 +68,7 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
     let mut files: Vec<(String, PathBuf, u32)> = Vec::new(); // (relative path, source, mode)
     let mut links: Vec<(String, String)> = Vec::new();
 
-    files.push(("bin/zstack".into(), inputs.zstack_program.clone(), 0o755));
+    files.push((PROGRAM_FILE.into(), inputs.zstack_program.clone(), 0o755));
     for name in PROGRAM_NAMES {
         links.push((format!("bin/{name}"), "zstack".into()));
     }
@@ -120,13 +122,11 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         });
     }
 
-    // Payload: tar (MANIFEST first) compressed with zstd.
+    // Payload: tar (MANIFEST first) compressed with zstd; the program is the installer part.
     let payload_path = stage.join("payload.tar.zst");
     {
         let out = fs::File::create(&payload_path)?;
-        let mut enc = zstd::stream::write::Encoder::new(out, inputs.zstd_level)?;
-        enc.long_distance_matching(true)?;
-        enc.window_log(24)?;
+        let enc = zstd_encoder(out, inputs.zstd_level)?;
         let mtime = chrono::Utc::now().timestamp() as u64;
         let mut tar = tar::Builder::new(enc);
         let manifest_text = manifest.render();
@@ -137,7 +137,7 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
             0o644,
             mtime,
         )?;
-        for (rel, src, mode) in &files {
+        for (rel, src, mode) in files.iter().filter(|(rel, ..)| rel != PROGRAM_FILE) {
             let bytes = fs::read(src)?;
             append_bytes(&mut tar, rel, &bytes, *mode, mtime)?;
         }
@@ -153,28 +153,44 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
     }
     let payload = fs::read(&payload_path)?;
 
-    // Installer program, gzip-compressed.
-    let installer_raw = fs::read(&inputs.installer_program)
-        .with_context(|| format!("cannot read {}", inputs.installer_program.display()))?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&installer_raw)?;
-    let installer = gz.finish()?;
+    // Installer part: the multi-call program, zstd-compressed; the unpacker, gzip-compressed.
+    let program = fs::read(&inputs.zstack_program)
+        .with_context(|| format!("cannot read {}", inputs.zstack_program.display()))?;
+    let mut enc = zstd_encoder(Vec::new(), inputs.zstd_level)?;
+    enc.write_all(&program)?;
+    let installer = enc.finish()?;
     let installer_sha = hex::encode(Sha256::digest(&installer));
+    let unpacker_raw = fs::read(&inputs.unpacker_program)
+        .with_context(|| format!("cannot read {}", inputs.unpacker_program.display()))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&unpacker_raw)?;
+    let unpacker = gz.finish()?;
+    let unpacker_sha = hex::encode(Sha256::digest(&unpacker));
 
     // Header: rendered twice; the size of the first rendering (rounded up) fixes the offsets.
     let template = fs::read_to_string(&inputs.header_template)
         .with_context(|| format!("cannot read {}", inputs.header_template.display()))?;
     let render = |header_size: u64, total: u64| {
+        let unpacker_offset = header_size
+            .saturating_add(installer.len() as u64)
+            .saturating_add(payload.len() as u64);
         template
             .replace("@VERSION@", &inputs.version.to_string())
             .replace("@HEADER_SIZE@", &header_size.to_string())
             .replace("@INSTALLER_SIZE@", &installer.len().to_string())
             .replace("@INSTALLER_SHA256@", &installer_sha)
+            .replace("@UNPACKER_OFFSET@", &unpacker_offset.to_string())
+            .replace("@UNPACKER_SIZE@", &unpacker.len().to_string())
+            .replace("@UNPACKER_SHA256@", &unpacker_sha)
             .replace("@TOTAL_SIZE@", &total.to_string())
     };
     let probe = render(u64::MAX, u64::MAX);
     let header_size = (probe.len() as u64 + 64).div_ceil(512) * 512;
-    let total = header_size + installer.len() as u64 + payload.len() as u64 + TRAILER_SIZE;
+    let total = header_size
+        + installer.len() as u64
+        + payload.len() as u64
+        + unpacker.len() as u64
+        + TRAILER_SIZE;
     let mut header = render(header_size, total).into_bytes();
     if header.len() as u64 > header_size {
         bail!("the rendered header outgrew its reserved size");
@@ -200,6 +216,8 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         installer_sha256: installer_sha,
         payload_size: payload.len() as u64,
         payload_sha256: hex::encode(Sha256::digest(&payload)),
+        unpacker_size: unpacker.len() as u64,
+        unpacker_sha256: unpacker_sha,
         unpacked_size: manifest.total_size(),
         file_count: manifest.entries.len() as u64,
         total_size: total,
@@ -210,12 +228,24 @@ fn build_in(inputs: &BuildInputs, stage: &Path) -> anyhow::Result<Trailer> {
         out.write_all(&header)?;
         out.write_all(&installer)?;
         out.write_all(&payload)?;
+        out.write_all(&unpacker)?;
         out.write_all(&trailer.encode())?;
         out.sync_all()?;
     }
     fs::set_permissions(&tmp_out, fs::Permissions::from_mode(0o755))?;
     fs::rename(&tmp_out, &inputs.out)?;
     Ok(trailer)
+}
+
+/// zstd at `level` with a 16 MiB window, so the whole program is one window.
+fn zstd_encoder<W: Write>(
+    out: W,
+    level: i32,
+) -> anyhow::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    enc.long_distance_matching(true)?;
+    enc.window_log(24)?;
+    Ok(enc)
 }
 
 fn append_bytes<W: Write>(

@@ -5,14 +5,21 @@
 //! | sh header        |  scripts/header.sh with the offsets below filled in, padded to
 //! |                  |  `header_size` with comment lines
 //! +------------------+ header_size
-//! | installer (gzip) |  this crate's `zstack-installer`, run by the header
+//! | installer (zstd) |  the multi-call `zstack` program, which the header runs as
+//! |                  |  `zstack-installer`; it is also the release tree's bin/zstack
 //! +------------------+ header_size + installer_size
-//! | payload (zstd)   |  tar of the release tree: MANIFEST first, then release.json, bin/,
-//! |                  |  templates/, migrations/
+//! | payload (zstd)   |  tar of the rest of the release tree: MANIFEST first, then release.json,
+//! |                  |  the links in bin/, templates/, migrations/
+//! +------------------+ header_size + installer_size + payload_size
+//! | unpacker (gzip)  |  `zstack-unpack`, the small program the header gunzips to check and
+//! |                  |  decompress the installer part
 //! +------------------+ total_size - TRAILER_SIZE
 //! | trailer          |  `key=value` lines, padded to 1 KiB, ending in its own sha256
 //! +------------------+ total_size
 //! ```
+//!
+//! The program's code is in the file once: the MANIFEST lists `bin/zstack` with its sha256 and
+//! [`VerifiedBin::extract`] writes it from the installer part, not from the tar.
 //!
 //! Every part is found by the offsets fixed at build time; nothing is found by scanning for
 //! magic bytes. The trailer records the size and sha256 of every part and the total size, and
@@ -29,7 +36,9 @@ use zstack_common::release::{Manifest, ManifestEntry, MANIFEST_FILE};
 
 /// Size of the trailer block at the end of the file.
 pub const TRAILER_SIZE: u64 = 1024;
-const TRAILER_MAGIC: &str = "ZSTACK-INSTALLER-TRAILER 1";
+const TRAILER_MAGIC: &str = "ZSTACK-INSTALLER-TRAILER 2";
+/// The multi-call program's place in the release tree; its bytes are the installer part.
+pub const PROGRAM_FILE: &str = "bin/zstack";
 const TRAILER_SUM_KEY: &str = "trailer_sha256=";
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +88,8 @@ pub struct Trailer {
     pub installer_sha256: String,
     pub payload_size: u64,
     pub payload_sha256: String,
+    pub unpacker_size: u64,
+    pub unpacker_sha256: String,
     /// Sum of the sizes of the files in the payload, unpacked.
     pub unpacked_size: u64,
     pub file_count: u64,
@@ -92,13 +103,16 @@ impl Trailer {
     pub fn payload_offset(&self) -> u64 {
         self.header_size + self.installer_size
     }
+    pub fn unpacker_offset(&self) -> u64 {
+        self.payload_offset() + self.payload_size
+    }
 
     /// The TRAILER_SIZE-byte block, with its own checksum in the last line.
     pub fn encode(&self) -> Vec<u8> {
         let body = format!(
             "{TRAILER_MAGIC}\nproduct={}\nversion={}\nbuild_date={}\nheader_size={}\nheader_sha256={}\n\
              installer_size={}\ninstaller_sha256={}\npayload_size={}\npayload_sha256={}\n\
-             unpacked_size={}\nfile_count={}\ntotal_size={}\n",
+             unpacker_size={}\nunpacker_sha256={}\nunpacked_size={}\nfile_count={}\ntotal_size={}\n",
             self.product,
             self.version,
             self.build_date,
@@ -108,6 +122,8 @@ impl Trailer {
             self.installer_sha256,
             self.payload_size,
             self.payload_sha256,
+            self.unpacker_size,
+            self.unpacker_sha256,
             self.unpacked_size,
             self.file_count,
             self.total_size
@@ -170,6 +186,8 @@ impl Trailer {
             installer_sha256: s("installer_sha256")?,
             payload_size: n("payload_size")?,
             payload_sha256: s("payload_sha256")?,
+            unpacker_size: n("unpacker_size")?,
+            unpacker_sha256: s("unpacker_sha256")?,
             unpacked_size: n("unpacked_size")?,
             file_count: n("file_count")?,
             total_size: n("total_size")?,
@@ -185,7 +203,7 @@ pub struct VerifiedBin {
 }
 
 /// Checks the whole file: sizes, the trailer's own checksum, and the sha256 of the header, the
-/// installer and the payload.
+/// installer, the payload and the unpacker.
 pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
     let io_err = |source| BinError::Io {
         path: path.to_path_buf(),
@@ -232,14 +250,19 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
         }
     };
     if trailer.total_size != len
-        || trailer.header_size + trailer.installer_size + trailer.payload_size + TRAILER_SIZE != len
+        || trailer.header_size
+            + trailer.installer_size
+            + trailer.payload_size
+            + trailer.unpacker_size
+            + TRAILER_SIZE
+            != len
     {
         return Err(BinError::BadTrailer {
             path: path.into(),
             why: "its part sizes do not add up to the file size".into(),
         });
     }
-    let parts: [(&'static str, u64, u64, &str); 3] = [
+    let parts: [(&'static str, u64, u64, &str); 4] = [
         ("header", 0, trailer.header_size, &trailer.header_sha256),
         (
             "installer program",
@@ -252,6 +275,12 @@ pub fn verify(path: &Path) -> Result<VerifiedBin, BinError> {
             trailer.payload_offset(),
             trailer.payload_size,
             &trailer.payload_sha256,
+        ),
+        (
+            "unpacker",
+            trailer.unpacker_offset(),
+            trailer.unpacker_size,
+            &trailer.unpacker_sha256,
         ),
     ];
     for (part, off, size, expected) in parts {
@@ -359,10 +388,30 @@ impl VerifiedBin {
                     .map_err(|e| self.payload_err(e))?;
                 let out = dest.join(MANIFEST_FILE);
                 std::fs::write(&out, &text).map_err(|e| write_err(&out, e))?;
-                manifest = Some(Manifest::parse(&text).map_err(|e| self.payload_err(e))?);
+                let m = Manifest::parse(&text).map_err(|e| self.payload_err(e))?;
+                let Some(ManifestEntry::File {
+                    mode, size, sha256, ..
+                }) = m.find(PROGRAM_FILE)
+                else {
+                    return Err(self.payload_err(format!(
+                        "its MANIFEST does not list {PROGRAM_FILE} as a file"
+                    )));
+                };
+                let out = dest.join(PROGRAM_FILE);
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
+                }
+                self.write_program(&out, *mode, *size, sha256)?;
+                written += size;
+                progress(written);
+                seen.insert(PROGRAM_FILE.to_string());
+                manifest = Some(m);
                 continue;
             }
             let Some(m) = manifest.as_ref() else { continue };
+            if seen.contains(&rel_str) {
+                return Err(self.payload_err(format!("{rel_str} appears twice")));
+            }
             let out = dest.join(&rel);
             let kind = entry.header().entry_type();
             if kind.is_dir() {
@@ -428,6 +477,78 @@ impl VerifiedBin {
     }
 }
 
+impl VerifiedBin {
+    /// Writes the multi-call program to `out`: the installer part decompressed, checked against
+    /// its MANIFEST entry. A program started by this file's header is those very bytes (the
+    /// unpacker wrote them), so when the running program matches the entry it is hard-linked
+    /// (copied across file systems) instead of decompressed again.
+    fn write_program(
+        &self,
+        out: &Path,
+        mode: u32,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), BinError> {
+        let matches = |bytes: &[u8]| {
+            bytes.len() as u64 == size && hex::encode(Sha256::digest(bytes)) == sha256
+        };
+        let write_err = |source| BinError::Io {
+            path: out.to_path_buf(),
+            source,
+        };
+        let set_mode = || {
+            std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode)).map_err(write_err)
+        };
+        let running = running_program(size);
+        if let Some(exe) = &running {
+            if std::fs::hard_link(exe, out).is_ok() {
+                if std::fs::read(out).is_ok_and(|bytes| matches(&bytes)) {
+                    return set_mode();
+                }
+                std::fs::remove_file(out).map_err(write_err)?;
+            }
+        }
+        let bytes = match running.and_then(|exe| std::fs::read(exe).ok()) {
+            Some(bytes) if matches(&bytes) => bytes,
+            _ => {
+                let bytes = self.decompress_program(size)?;
+                if !matches(&bytes) {
+                    return Err(
+                        self.payload_err(format!("{PROGRAM_FILE} does not match the MANIFEST"))
+                    );
+                }
+                bytes
+            }
+        };
+        std::fs::write(out, &bytes).map_err(write_err)?;
+        set_mode()
+    }
+
+    /// The installer part, decompressed.
+    fn decompress_program(&self, size: u64) -> Result<Vec<u8>, BinError> {
+        let io_err = |source| BinError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = File::open(&self.path).map_err(io_err)?;
+        f.seek(SeekFrom::Start(self.trailer.installer_offset()))
+            .map_err(io_err)?;
+        let part = BufReader::with_capacity(1 << 20, f.take(self.trailer.installer_size));
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(part).map_err(io_err)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        decoder
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.payload_err(format!("the installer program: {e}")))?;
+        Ok(bytes)
+    }
+}
+
+/// The running program's file, when it has `size` bytes.
+fn running_program(size: u64) -> Option<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe").ok()?;
+    (std::fs::metadata(&exe).ok()?.len() == size).then_some(exe)
+}
+
 struct HashingWriter<W: Write> {
     inner: W,
     hash: Sha256,
@@ -461,9 +582,11 @@ mod tests {
             installer_sha256: "b".repeat(64),
             payload_size: 200,
             payload_sha256: "c".repeat(64),
+            unpacker_size: 50,
+            unpacker_sha256: "d".repeat(64),
             unpacked_size: 1000,
             file_count: 5,
-            total_size: 8192 + 100 + 200 + TRAILER_SIZE,
+            total_size: 8192 + 100 + 200 + 50 + TRAILER_SIZE,
         }
     }
 
@@ -472,6 +595,64 @@ mod tests {
         let block = trailer().encode();
         assert_eq!(block.len() as u64, TRAILER_SIZE);
         assert_eq!(Trailer::decode(&block).unwrap(), trailer());
+    }
+
+    #[test]
+    fn a_built_bin_holds_the_program_once_and_extracts_it_from_the_installer_part() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let program: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> 7).to_le_bytes())
+            .collect();
+        let (zstack, unpacker) = (dir.path().join("zstack"), dir.path().join("unpack"));
+        std::fs::write(&zstack, &program).unwrap();
+        std::fs::write(&unpacker, b"#!/bin/sh\n").unwrap();
+        let out = dir.path().join("z.bin");
+        let t = crate::assemble::build(&crate::assemble::BuildInputs {
+            version: semver::Version::new(1, 2, 0),
+            zstack_program: zstack,
+            unpacker_program: unpacker,
+            templates_dir: repo.join("templates"),
+            migrations_dir: repo.join("payload/migrations"),
+            header_template: repo.join("scripts/header.sh"),
+            out: out.clone(),
+            zstd_level: 3,
+        })
+        .unwrap();
+        let v = verify(&out).unwrap();
+        assert_eq!(v.trailer, t);
+        let mut tar = tar::Archive::new(v.payload_reader().unwrap());
+        let names: Vec<String> = tar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"bin/zstack-ctl".to_string()), "{names:?}");
+        assert!(!names.contains(&PROGRAM_FILE.to_string()), "{names:?}");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        v.extract(&tree, |_| {}).unwrap();
+        assert_eq!(std::fs::read(tree.join(PROGRAM_FILE)).unwrap(), program);
+        let mode = std::fs::metadata(tree.join(PROGRAM_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(tree.join("bin/zstack-ctl")).unwrap(),
+            Path::new("zstack")
+        );
+        // A flipped byte in the installer part is caught before anything is unpacked.
+        let mut bytes = std::fs::read(&out).unwrap();
+        bytes[(t.installer_offset() + t.installer_size / 2) as usize] ^= 1;
+        std::fs::write(&out, &bytes).unwrap();
+        assert!(matches!(
+            verify(&out),
+            Err(BinError::Checksum {
+                part: "installer program",
+                ..
+            })
+        ));
     }
 
     #[test]

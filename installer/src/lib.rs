@@ -1,10 +1,12 @@
 //! The ZStack offline installer.
 //!
-//! `zstack-installer-<version>.bin` is a sh header, this crate's `zstack-installer` program, the
-//! payload and a trailer ([`binfmt`]); [`assemble`] builds it. The header checks the file's size
-//! and the program's sha256, then runs the program, which checks every part again
-//! ([`binfmt::verify`]) before doing anything, and then either only reads the file (`--check`,
-//! `--info`, `--list`, `--extract`) or installs ([`install`]).
+//! `zstack-installer-<version>.bin` is a sh header, the multi-call `zstack` program, the payload,
+//! the unpacker and a trailer ([`binfmt`]); [`assemble`] builds it. The installer is not a
+//! program of its own: [`main_with_args`] is what `zstack` runs when it is called
+//! `zstack-installer` (payload/zstack). The header checks the file's size, has the unpacker
+//! check the program's sha256 and decompress it, then runs it under that name; the installer
+//! checks every part again ([`binfmt::verify`]) before doing anything, and then either only
+//! reads the file (`--check`, `--info`, `--list`, `--extract`) or installs ([`install`]).
 
 pub mod assemble;
 pub mod binfmt;
@@ -36,9 +38,6 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    if opts.can_run {
-        return 0;
-    }
     let json = opts.json;
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -79,11 +78,11 @@ fn run(opts: &Options, interrupted: &Arc<AtomicBool>) -> anyhow::Result<()> {
         if opts.json {
             println!(
                 "{}",
-                json!({"ok": true, "file": path, "version": t.version, "verified": ["header", "installer", "payload", "trailer"]})
+                json!({"ok": true, "file": path, "version": t.version, "verified": ["header", "installer", "payload", "unpacker", "trailer"]})
             );
         } else {
             println!(
-                "{}: OK ({} {}; header, installer program, payload and trailer verified)",
+                "{}: OK ({} {}; header, installer program, payload, unpacker and trailer verified)",
                 path.display(),
                 t.product,
                 t.version
@@ -110,6 +109,10 @@ fn run(opts: &Options, interrupted: &Arc<AtomicBool>) -> anyhow::Result<()> {
             println!(
                 "payload:          {} bytes, sha256 {}",
                 t.payload_size, t.payload_sha256
+            );
+            println!(
+                "unpacker:         {} bytes, sha256 {}",
+                t.unpacker_size, t.unpacker_sha256
             );
             println!(
                 "unpacked:         {} bytes in {} files",

@@ -69,9 +69,6 @@ pub struct Options {
     #[arg(long)]
     pub host_only: bool,
 
-    /// Exit 0 at once (the header uses it to test that this directory may run programs).
-    #[arg(long, hide = true)]
-    pub can_run: bool,
     /// The .bin to read (set by the header; for running the program on its own).
     #[arg(long, hide = true, env = "ZSTACK_BIN_PATH")]
     pub bin: Option<PathBuf>,

@@ -16,12 +16,12 @@ struct Args {
     /// Release version the .bin is labelled as (x.y.z).
     #[arg(long)]
     version: String,
-    /// The multi-call `zstack` program.
+    /// The multi-call `zstack` program (also run as `zstack-installer`).
     #[arg(long)]
     zstack: PathBuf,
-    /// The `zstack-installer` program.
+    /// The `zstack-unpack` program the header runs.
     #[arg(long)]
-    installer: PathBuf,
+    unpacker: PathBuf,
     #[arg(long, default_value = "templates")]
     templates: PathBuf,
     #[arg(long, default_value = "payload/migrations")]
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let t = build(&BuildInputs {
         version,
         zstack_program: a.zstack,
-        installer_program: a.installer,
+        unpacker_program: a.unpacker,
         templates_dir: a.templates,
         migrations_dir: a.migrations,
         header_template: a.header,
@@ -51,12 +51,13 @@ fn main() -> anyhow::Result<()> {
         zstd_level: a.level,
     })?;
     println!(
-        "built {} ({} bytes: header {}, installer {}, payload {} for {} bytes in {} files)",
+        "built {} ({} bytes: header {}, installer {}, payload {}, unpacker {}; {} bytes in {} files)",
         a.out.display(),
         t.total_size,
         t.header_size,
         t.installer_size,
         t.payload_size,
+        t.unpacker_size,
         t.unpacked_size,
         t.file_count
     );

@@ -1,6 +1,7 @@
-//! One program, four names (as rustup does): the release tree links `zstack-server`,
-//! `zstack-kvmagent`, `zstack-ctl` and `zstack-cli` to this binary, and the name it was run as
-//! picks the part. `zstack <name> args...` works too.
+//! One program, five names (as rustup does): the release tree links `zstack-server`,
+//! `zstack-kvmagent`, `zstack-ctl` and `zstack-cli` to this binary, the `.bin`'s header runs it
+//! as `zstack-installer`, and the name it was run as picks the part. `zstack <name> args...`
+//! works too.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -23,6 +24,7 @@ fn main() {
             default_sigpipe();
             zstack_ctl::main_with_args(args)
         }
+        "zstack-installer" => zstack_installer::main_with_args(args),
         "zstack-cli" => {
             default_sigpipe();
             zstack_cli::main_with_args(
@@ -34,7 +36,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "zstack: run me as zstack-server, zstack-kvmagent, zstack-ctl or zstack-cli (not {other:?})"
+                "zstack: run me as zstack-server, zstack-kvmagent, zstack-ctl, zstack-cli or zstack-installer (not {other:?})"
             );
             2
         }
