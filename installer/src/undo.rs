@@ -36,6 +36,14 @@ pub enum Undo {
     RestoreDb { backup: PathBuf },
     /// Run `systemctl daemon-reload` after unit files were put back.
     DaemonReload,
+    /// Remove the user `zstack` this run made (and its group, if this run made that too).
+    RemoveServerUser { group_too: bool },
+    /// Put back a path's owner and mode (given to the management node's user).
+    RestoreOwner {
+        path: PathBuf,
+        dir: bool,
+        ownership: zstack_ctl::server_files::Ownership,
+    },
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -192,6 +200,16 @@ fn apply(layout: &Layout, u: &Undo) -> anyhow::Result<()> {
             )?;
             let verified = zstack_ctl::backup::verify_file(backup, scratch.path())?;
             zstack_ctl::backup::install_db(&verified.db, &db)?;
+        }
+        Undo::RemoveServerUser { group_too } => zstack_ctl::server_files::remove_user(*group_too)?,
+        Undo::RestoreOwner {
+            path,
+            dir,
+            ownership,
+        } => {
+            if path.exists() {
+                zstack_ctl::server_files::set_ownership(path, *ownership, *dir, false)?
+            }
         }
         Undo::DaemonReload => {
             let _ = std::process::Command::new("systemctl")

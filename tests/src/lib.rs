@@ -100,7 +100,8 @@ pub fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// What a directory tree holds: for every path, its type, mode and content hash or link target.
+/// What a directory tree holds: for every path, its type, mode, owner and content hash or link
+/// target.
 /// Two equal snapshots mean nothing in the tree changed.
 pub type Snapshot = BTreeMap<PathBuf, String>;
 
@@ -118,6 +119,10 @@ pub fn snapshot(root: &Path, skip: &dyn Fn(&Path) -> bool) -> Snapshot {
             continue;
         }
         let mode = meta.permissions().mode() & 0o7777;
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}", meta.uid(), meta.gid())
+        };
         let desc = if meta.file_type().is_symlink() {
             format!(
                 "link -> {}",
@@ -129,10 +134,13 @@ pub fn snapshot(root: &Path, skip: &dyn Fn(&Path) -> bool) -> Snapshot {
             if let Ok(rd) = std::fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
-            format!("dir {mode:o}")
+            format!("dir {mode:o} {owner}")
         } else {
             let content = std::fs::read(&p).unwrap_or_default();
-            format!("file {mode:o} {}", hex::encode(Sha256::digest(&content)))
+            format!(
+                "file {mode:o} {owner} {}",
+                hex::encode(Sha256::digest(&content))
+            )
         };
         out.insert(rel, desc);
     }
@@ -186,7 +194,61 @@ pub fn host_snapshot() -> Snapshot {
         PathBuf::from("crontab"),
         String::from_utf8_lossy(&cron.stdout).into_owned(),
     );
+    for db in ["passwd", "group"] {
+        let entry = run(Command::new("getent").args([db, SERVER_USER]));
+        s.insert(
+            PathBuf::from(format!("{db} {SERVER_USER}")),
+            String::from_utf8_lossy(&entry.stdout).into_owned(),
+        );
+    }
     s
+}
+
+/// The user the management node runs as.
+pub const SERVER_USER: &str = "zstack";
+
+/// The uid and gid of [`SERVER_USER`], if it exists.
+pub fn server_user() -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(SERVER_USER)
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Gives `dir` (made if missing) to the management node's user, as an operator does for a local
+/// backup storage directory: the management node runs as that user and cannot make directories
+/// where only root may. Its parents must let that user through (a tempdir is 0700: made 0755).
+pub fn give_to_server_user(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let (uid, gid) = server_user().expect("the user zstack exists: ZStack is installed");
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    let mut p = dir.parent();
+    while let Some(parent) = p {
+        if let Ok(meta) = std::fs::metadata(parent) {
+            let mode = meta.permissions().mode();
+            if mode & 0o001 == 0 {
+                let _ = std::fs::set_permissions(
+                    parent,
+                    std::fs::Permissions::from_mode((mode & 0o7777) | 0o755),
+                );
+            }
+        }
+        p = parent.parent();
+    }
+}
+
+/// The uid of a running process (`Uid:` of /proc/<pid>/status: real, effective, saved, fs).
+pub fn process_uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// True if a ZStack release is installed on the real host.
@@ -218,6 +280,10 @@ pub fn uninstall_from_host() {
     }
     let _ = std::fs::remove_file("/var/log/zstack-installer.log");
     let _ = std::fs::remove_dir_all("/run/zstack");
+    // The user too, so the next install makes it again (the group goes with it).
+    if server_user().is_some() {
+        let _ = Command::new("userdel").arg(SERVER_USER).output();
+    }
     let cron = run(Command::new("crontab").args(["-l"]));
     if cron.status.success() {
         let kept: String = String::from_utf8_lossy(&cron.stdout)

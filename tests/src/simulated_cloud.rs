@@ -60,6 +60,8 @@ pub fn build_cloud(cli: &Cli, hosts: usize, range: (&str, &str)) -> Cloud {
     assert_eq!(attached["totalCapacity"], 10i64 << 40, "{attached}");
 
     let bs_dir = tempfile::tempdir().unwrap();
+    // The management node runs as the user zstack: its backup storage directory is its own.
+    crate::give_to_server_user(&bs_dir.path().join("bs"));
     let bs = cli.uuid(&[
         "AddLocalBackupStorage",
         "name=bs1",

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use zstack_tests::cli::*;
-use zstack_tests::ok;
 use zstack_tests::webdriver::{output_dir, Browser};
+use zstack_tests::{give_to_server_user, ok};
 
 const BASE: &str = "http://127.0.0.1:5000";
 const ENTER: &str = "\u{E007}";
@@ -251,6 +251,8 @@ fn a_cloud_built_in_the_browser() {
     );
 
     let bs_dir = tempfile::tempdir().unwrap();
+    // The management node runs as the user zstack: its backup storage directory is its own.
+    give_to_server_user(&bs_dir.path().join("bs"));
     let bs = create(
         &b,
         "AddLocalBackupStorage",

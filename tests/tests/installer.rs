@@ -78,8 +78,8 @@ fn sysroot_install_lays_down_every_file_and_a_rerun_changes_nothing() {
     let props = std::fs::read_to_string(r("/etc/zstack/zstack.properties")).unwrap();
     assert_eq!(
         mode(&r("/etc/zstack/zstack.properties")),
-        0o600,
-        "secrets are root-only"
+        0o640,
+        "secrets: root writes, the management node's group reads, nobody else"
     );
     for key in [
         "management.server.ip",
@@ -221,7 +221,7 @@ fn a_rerun_keeps_the_operators_edits() {
             .unwrap()
             .to_string()
     ));
-    assert_eq!(mode(&props_path), 0o600);
+    assert_eq!(mode(&props_path), 0o640);
     assert_eq!(
         std::fs::read_to_string(&cron_path).unwrap(),
         cron,
@@ -505,7 +505,7 @@ fn a_failure_at_any_step_leaves_the_host_as_it_was() {
     require_root();
     let bin = bin_path(V);
     for step in [
-        "unpack", "current", "links", "config", "database", "units", "cron",
+        "unpack", "current", "links", "config", "database", "user", "units", "cron",
     ] {
         // On a fresh host: nothing is left.
         let dir = tempfile::tempdir().unwrap();
@@ -780,6 +780,7 @@ fn a_real_install_starts_answers_and_stops() {
         "{h}"
     );
     ureq_health(7070).expect("the agent answers");
+    assert_runs_as_zstack_and_owns_its_files();
 
     let status: serde_json::Value =
         serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
@@ -876,6 +877,67 @@ fn a_real_install_starts_answers_and_stops() {
     ok(Command::new("zstack-ctl").args(["stop", "--service", "zstack-server"]));
     assert!(ureq_health(8080).is_err());
     ureq_health(7070).expect("the agent still runs");
+}
+
+/// The user zstack is a system user without a login; the management node runs as it (real,
+/// effective, saved and fs uid), the agent as root; the management node's files are its own,
+/// zstack.properties root's and readable by its group only, the agent's state and the backups
+/// stay root's.
+fn assert_runs_as_zstack_and_owns_its_files() {
+    use std::os::unix::fs::MetadataExt;
+    let passwd = ok(Command::new("getent").args(["passwd", "zstack"]));
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    assert_eq!(fields.len(), 7, "{passwd}");
+    let (uid, gid): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+    assert!(uid < 1000, "a system user: {passwd}");
+    assert_eq!(fields[5], "/var/lib/zstack", "{passwd}");
+    assert!(
+        fields[6].ends_with("nologin") || fields[6] == "/bin/false",
+        "{passwd}"
+    );
+    let group = ok(Command::new("getent").args(["group", "zstack"]));
+    assert!(group.contains(&format!(":{gid}:")), "{group}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    let pid_of = |name: &str| {
+        status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == name)
+            .and_then(|s| s["pid"].as_u64())
+            .unwrap_or_else(|| panic!("{name} has no pid: {status}")) as u32
+    };
+    assert_eq!(process_uids(pid_of("zstack-server")), vec![uid; 4]);
+    assert_eq!(process_uids(pid_of("zstack-kvmagent")), vec![0; 4]);
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", pid_of("zstack-server")))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Groups:"))
+        .unwrap()
+        .to_string();
+    assert_eq!(groups.trim(), "Groups:", "no supplementary group of root's");
+    let no_new_privs = std::fs::read_to_string(format!("/proc/{}/status", pid_of("zstack-server")))
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]);
+    assert!(no_new_privs, "as the unit's NoNewPrivileges=yes");
+
+    let owner = |p: &str| {
+        let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner("/var/lib/zstack"), (uid, gid, 0o755));
+    assert_eq!(owner("/var/lib/zstack/zstack.db"), (uid, gid, 0o600));
+    assert_eq!(
+        owner("/var/log/zstack/management-server.log"),
+        (uid, gid, 0o640)
+    );
+    assert_eq!(owner("/etc/zstack/zstack.properties"), (0, gid, 0o640));
+    assert_eq!(owner("/var/lib/zstack/mysql-backup"), (0, 0, 0o700));
+    assert_eq!(owner("/var/log/zstack").0, 0);
+    assert_eq!(owner("/var/lib/zstack/kvmagent").0, 0, "the agent's state");
 }
 
 /// GET /health on a local port with curl (the tests have no HTTP client of their own).

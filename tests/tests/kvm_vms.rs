@@ -78,6 +78,8 @@ fn kvm_cloud(cli: &Cli, ps: &Path, bs: &Path) -> KvmCloud {
         attached["totalCapacity"].as_i64().unwrap() > 100 << 20,
         "{attached}"
     );
+    // The management node runs as the user zstack: its backup storage directory is its own.
+    give_to_server_user(bs);
     let bs_uuid = cli.uuid(&[
         "AddLocalBackupStorage",
         "name=bs",

@@ -101,6 +101,21 @@ fn install_with_data(version: &str, cli: &Cli) {
         "--file-name",
         format!("mine-{version}").as_str(),
     ]));
+    // Releases before 1.2.0 run the management node as root, and make no user zstack.
+    assert_eq!(
+        process_uids(server_pid()),
+        vec![0; 4],
+        "{version} runs it as root"
+    );
+    assert_eq!(server_user(), None, "{version} makes no user zstack");
+}
+
+fn server_pid() -> u32 {
+    let status: Value =
+        serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
+    status["services"][0]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{status}")) as u32
 }
 
 fn assert_upgraded_with_everything_kept(cli: &Cli, from: &[&str]) {
@@ -151,6 +166,17 @@ fn assert_upgraded_with_everything_kept(cli: &Cli, from: &[&str]) {
     let status: Value =
         serde_json::from_str(&ok(Command::new("zstack-ctl").args(["status", "--json"]))).unwrap();
     assert_eq!(status["version"], "1.2.0");
+    // 1.2.0 runs it as the user zstack, which owns its data now; zstack.properties is root's,
+    // readable by that group only.
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = server_user().expect("the upgrade made the user zstack");
+    assert_eq!(process_uids(server_pid()), vec![uid; 4]);
+    for p in ["/var/lib/zstack", "/var/lib/zstack/zstack.db"] {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{p}");
+    }
+    let m = std::fs::metadata("/etc/zstack/zstack.properties").unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, gid, 0o640));
 }
 
 #[test]
@@ -255,10 +281,20 @@ fn assert_old_release_intact(cli: &Cli, what: &str) {
         "{what}: the new tree is removed"
     );
     assert_eq!(ok(Command::new("crontab").arg("-l")), CUSTOM_CRON);
+    // As root again, the user zstack gone, its files root's again.
+    assert_eq!(process_uids(server_pid()), vec![0; 4], "{what}");
+    assert_eq!(
+        server_user(),
+        None,
+        "{what}: the user made by the run is removed"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/var/lib/zstack/zstack.db").unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "{what}");
 }
 
-const UPGRADE_STEPS: [&str; 8] = [
-    "backup", "stop", "migrate", "config", "current", "units", "cron", "start",
+const UPGRADE_STEPS: [&str; 9] = [
+    "backup", "stop", "migrate", "config", "current", "user", "units", "cron", "start",
 ];
 
 #[test]

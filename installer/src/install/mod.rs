@@ -20,6 +20,9 @@
 //!      releases in between);
 //!    - `current`: the `current` symlink switched atomically; `links`: the commands in /usr/bin;
 //!    - `database` (install): the database created, or an existing one migrated;
+//!    - `user` (1.2.0 and later): the system user `zstack` made, and the management node's files
+//!      given to it (`zstack_common::server_files`: its data directory and database, its log,
+//!      zstack.properties to read); each change journalled, so a failed run takes them back;
 //!    - `units`: the systemd units rendered, installed and enabled; `cron`: the dump_mysql line;
 //!    - `start`: the services started (systemd, or zstack-ctl's own supervisor) and answering.
 //! 6. [`finish_run`]: the journal and the safety copies go; [`summary`] says what was done.
@@ -267,6 +270,7 @@ fn make_plan(
     let steps = plan::steps(
         upgrade_from.is_some(),
         target.services.contains(&Service::Server),
+        zstack_common::server_files::runs_as_server_user(&target.version),
         !opts.no_start && !layout.is_sysroot(),
     );
     Ok(Plan {

@@ -17,6 +17,10 @@ const UPGRADE_STEPS: &[(&str, &str)] = &[
     ("config", "Migrate zstack.properties"),
     ("current", "Switch `current`"),
     ("links", "Link the commands into /usr/bin"),
+    (
+        "user",
+        "Give the management node's files to the user zstack",
+    ),
     ("units", "Re-render the systemd units"),
     ("cron", "Keep the backup crontab line"),
     ("start", "Restart the services"),
@@ -29,19 +33,30 @@ const STEPS: &[(&str, &str)] = &[
     ("links", "Link the commands into /usr/bin"),
     ("config", "Write zstack.properties"),
     ("database", "Create the database"),
+    (
+        "user",
+        "Create the user zstack and give it the management node's files",
+    ),
     ("units", "Install the systemd units"),
     ("cron", "Install the backup crontab line"),
     ("start", "Start the services"),
 ];
 
 /// The steps this run takes, in order: an upgrade's or an install's; the database, backup and
-/// crontab steps only where the management node is installed; `start` unless told not to start.
-pub(super) fn steps(upgrade: bool, server: bool, start: bool) -> Vec<(&'static str, &'static str)> {
+/// crontab steps only where the management node is installed (`user` only where it runs as the
+/// user zstack: 1.2.0 and later); `start` unless told not to start.
+pub(super) fn steps(
+    upgrade: bool,
+    server: bool,
+    server_user: bool,
+    start: bool,
+) -> Vec<(&'static str, &'static str)> {
     let all = if upgrade { UPGRADE_STEPS } else { STEPS };
     all.iter()
         .copied()
         .filter(|(id, _)| match *id {
             "backup" | "stop" | "migrate" | "database" | "cron" => server,
+            "user" => server && server_user,
             "start" => start,
             _ => true,
         })

@@ -47,6 +47,7 @@ impl Run<'_> {
             "backup" => self.backup_db(),
             "stop" => self.stop_server(),
             "migrate" => self.migrate_db(),
+            "user" => self.server_user(),
             "units" => self.install_units(),
             "cron" => self.install_cron(),
             "start" => self.start(rep),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use zstack_common::fsutil::{self, read_optional};
 use zstack_common::release::{Manifest, MANIFEST_FILE};
+use zstack_common::server_files::SERVER_USER;
 use zstack_common::service::{keys, InitSystem, Service};
 use zstack_common::Properties;
 
@@ -229,7 +230,9 @@ impl Run<'_> {
                 (props, what)
             }
         };
-        let changed = self.put_file(&path, props.render().as_bytes(), 0o600)?;
+        // 0640 root:zstack from 1.2.0 (the `user` step gives it the group), 0600 before.
+        let mode = zstack_common::server_files::properties_mode(&self.version);
+        let changed = self.put_file(&path, props.render().as_bytes(), mode)?;
         self.props = Some(props);
         Ok(if changed {
             (true, format!("{}: {what}", path.display()))
@@ -340,6 +343,63 @@ impl Run<'_> {
         ))
     }
 
+    /// Makes the system user `zstack` (unless it exists) and gives it the management node's
+    /// files, each change journalled first.
+    pub(super) fn server_user(&mut self) -> anyhow::Result<(bool, String)> {
+        use zstack_ctl::server_files as files;
+        let l = self.layout.clone();
+        if l.is_sysroot() {
+            return Ok((
+                false,
+                "unchanged: in a sysroot no user is made; the user zstack is made, and given its files, when the management node first starts".into(),
+            ));
+        }
+        let mut what = Vec::new();
+        if files::lookup()?.is_none() {
+            let group_exists = nix::unistd::Group::from_name(SERVER_USER)?.is_some();
+            self.undo.push(Undo::RemoveServerUser {
+                group_too: !group_exists,
+            });
+        }
+        let made = files::ensure_user(&l)?;
+        if made.created_user {
+            what.push(format!(
+                "made the system user {} (uid {}, no login shell)",
+                SERVER_USER, made.user.uid
+            ));
+        }
+        let changes = files::pending_changes(&l, made.user)?;
+        for c in &changes {
+            self.undo.push(match c.before {
+                Some(ownership) => Undo::RestoreOwner {
+                    path: c.path.clone(),
+                    dir: c.dir,
+                    ownership,
+                },
+                None => Undo::Remove(c.path.clone()),
+            });
+            files::apply(c)?;
+        }
+        if !changes.is_empty() {
+            let names: Vec<String> = changes
+                .iter()
+                .map(|c| c.path.display().to_string())
+                .collect();
+            what.push(format!("gave it {}", names.join(", ")));
+        }
+        Ok(if what.is_empty() {
+            (
+                false,
+                format!(
+                    "unchanged: the management node runs as {} and owns its files",
+                    SERVER_USER
+                ),
+            )
+        } else {
+            (true, what.join("; "))
+        })
+    }
+
     pub(super) fn install_units(&mut self) -> anyhow::Result<(bool, String)> {
         let l = self.layout.clone();
         let init = InitSystem::detect(&l);
@@ -347,6 +407,11 @@ impl Run<'_> {
             self.undo.push(Undo::DaemonReload);
         }
         let props = self.props.clone().unwrap_or_default();
+        let backup_storage_dirs = if self.services.contains(&Service::Server) {
+            zstack_ctl::server_files::local_backup_storage_dirs(&l)?
+        } else {
+            Vec::new()
+        };
         let mut changed = Vec::new();
         for s in self.services.clone() {
             let ctx = serde_json::json!({
@@ -355,6 +420,10 @@ impl Run<'_> {
                 "api_port": Service::Server.port(&props).map_err(anyhow::Error::msg)?,
                 "agent_port": Service::KvmAgent.port(&props).map_err(anyhow::Error::msg)?,
                 "storage_mounts": Vec::<String>::new(),
+                "server_user": zstack_common::server_files::runs_as_server_user(&self.version)
+                    .then_some(SERVER_USER),
+                "writable_paths": zstack_common::server_files::writable_paths(&l),
+                "backup_storage_dirs": backup_storage_dirs,
             });
             let text = self.templates()?.render(&s.unit_template(), &ctx)?;
             let unit_path = l.host(l.systemd_dir().join(s.unit()));

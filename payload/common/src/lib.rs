@@ -1,6 +1,7 @@
 //! Pieces every part of the ZStack stack shares: where files live on a host ([`layout`]), the
 //! `zstack.properties` file ([`properties`]), what a release tree is ([`release`]), rendering of
-//! the files under `templates/` ([`templates`]), the two long-running services ([`service`]), and
+//! the files under `templates/` ([`templates`]), the two long-running services ([`service`]), the management node's user and files
+//! ([`server_files`]), and
 //! small file-system primitives that make every write atomic ([`fsutil`]), the programs behind pid
 //! files ([`process`]) and the HTTP client every part makes ([`http_client`]).
 
@@ -16,6 +17,7 @@ pub mod process;
 pub mod properties;
 pub mod release;
 pub mod secret;
+pub mod server_files;
 pub mod service;
 pub mod suggest;
 pub mod templates;

@@ -6,6 +6,7 @@ pub mod configure;
 pub mod cron;
 pub mod lifecycle;
 pub mod restore;
+pub mod server_files;
 pub mod upgrade_db;
 
 use std::path::Path;
@@ -114,6 +115,10 @@ enum Cmd {
     /// Run one service in the foreground and restart it when it dies (used where systemd is not PID 1).
     #[command(hide = true)]
     Supervise { service: String },
+    /// Make the user zstack if missing and give it the management node's files (run as root by
+    /// the unit's ExecStartPre and before every start).
+    #[command(name = "own_server_files", hide = true)]
+    OwnServerFiles,
 }
 
 #[derive(clap::Args, Debug)]
@@ -250,6 +255,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Supervise { service } => lifecycle::supervise(&layout, parse_service(&service)?)?,
+        Cmd::OwnServerFiles => {
+            let changes = server_files::give_server_its_files(&layout)?;
+            for c in &changes {
+                println!(
+                    "{}: owner {}:{} mode {:o}",
+                    c.path.display(),
+                    c.after.uid,
+                    c.after.gid,
+                    c.after.mode
+                );
+            }
+        }
         Cmd::DumpMysql {
             file_name,
             keep_amount,

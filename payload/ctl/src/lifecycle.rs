@@ -6,6 +6,11 @@
 //! which runs the service, restarts it with back-off when it dies, and on SIGTERM stops it. Both
 //! write pid files under `/run/zstack`, and every pid read back is checked against
 //! `/proc/<pid>/cmdline` so that a recycled pid is never signalled.
+//!
+//! From 1.2.0 the management node runs as the user `zstack` in both modes: its unit says
+//! `User=zstack` (with systemd's sandboxing), and the supervisor drops to that user (groups,
+//! gid, uid, and no_new_privs, as `NoNewPrivileges=yes`) before it runs the program. Either way
+//! the user gets its files first ([`crate::server_files`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,8 +24,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use zstack_common::health::{self, Health};
 use zstack_common::logfile::LogFile;
+use zstack_common::server_files::{runs_as_server_user, SERVER_HOME, SERVER_USER};
 use zstack_common::service::{keys, InitSystem, Service};
-use zstack_common::{Layout, Properties};
+use zstack_common::{Layout, Properties, Release};
 
 /// How long `start` waits for a service to answer its health check.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,6 +147,9 @@ pub fn start(
     let mut started = Vec::new();
     for &s in services {
         let was_running = service_pid(layout, init, s).is_some();
+        if !was_running && s == Service::Server && server_runs_as_its_user(layout) {
+            crate::server_files::give_server_its_files(layout)?;
+        }
         if !was_running {
             match init {
                 InitSystem::Systemd => {
@@ -194,6 +203,34 @@ fn spawn_supervisor(layout: &Layout, service: Service) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("cannot run {}", ctl.display()))?;
     Ok(())
+}
+
+/// True if the installed release runs the management node as the user `zstack` (1.2.0 and
+/// later; earlier releases ran it as root).
+pub fn server_runs_as_its_user(layout: &Layout) -> bool {
+    Release::current(layout)
+        .and_then(|r| r.semver().ok())
+        .is_some_and(|v| runs_as_server_user(&v))
+}
+
+/// The command that runs `service`'s program: the management node as the user `zstack`
+/// (after giving it its files) where the installed release says so, like its unit.
+fn service_command(layout: &Layout, service: Service, program: &Path) -> anyhow::Result<Command> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null());
+    if service == Service::Server && server_runs_as_its_user(layout) && !layout.is_sysroot() {
+        crate::server_files::give_server_its_files(layout)?;
+        let user = crate::server_files::lookup()?
+            .with_context(|| format!("the user {SERVER_USER} does not exist"))?;
+        // std drops the supplementary groups (setgroups(0)), then setgid, then setuid.
+        cmd.uid(user.uid)
+            .gid(user.gid)
+            .env("HOME", SERVER_HOME)
+            .env("USER", SERVER_USER)
+            .env("LOGNAME", SERVER_USER);
+    }
+    Ok(cmd)
 }
 
 /// Waits until `service` answers its health check, or fails with the tail of its log.
@@ -341,6 +378,11 @@ pub fn supervise(layout: &Layout, service: Service) -> anyhow::Result<()> {
         Arc::new(AtomicBool::new(false)),
     )?;
 
+    if service == Service::Server && server_runs_as_its_user(layout) {
+        // As the unit's NoNewPrivileges=yes: this supervisor runs only the management node, and
+        // neither gains privileges through exec from here on (set-uid programs, file caps).
+        nix::sys::prctl::set_no_new_privs().context("cannot set no_new_privs")?;
+    }
     let mut backoff = Duration::from_secs(1);
     log.info(&format!(
         "supervisor of {} started (no systemd on this host), pid {}",
@@ -351,10 +393,14 @@ pub fn supervise(layout: &Layout, service: Service) -> anyhow::Result<()> {
         // Resolved through `current` at each start, so a restart after an upgrade runs the new release.
         let program: PathBuf = layout.host(layout.current_bin(service.name()));
         let started = Instant::now();
-        let mut child = match Command::new(&program).stdin(Stdio::null()).spawn() {
+        let spawned = service_command(layout, service, &program).and_then(|mut c| {
+            c.spawn()
+                .with_context(|| format!("cannot run {}", program.display()))
+        });
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                log.error(&format!("cannot run {}: {e}", program.display()));
+                log.error(&format!("{e:#}"));
                 sleep_unless(&stop, backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;

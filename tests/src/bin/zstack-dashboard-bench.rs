@@ -143,6 +143,8 @@ fn main() {
         "AddSharedMountPointPrimaryStorage",
         json!({"name": "smp", "url": "/zstack_bench_ps", "zoneUuid": zone}),
     );
+    // The management node runs as the user zstack: the directory is made its own.
+    zstack_tests::give_to_server_user(std::path::Path::new(&bs_dir));
     api.call(
         "AttachPrimaryStorageToCluster",
         json!({"primaryStorageUuid": ps, "clusterUuid": cluster}),

@@ -541,13 +541,21 @@ fn add_bs(c: &Call) -> Result<Value, ApiError> {
     super::image::images_dir(dir).map_err(|e| {
         ApiError::invalid(
             "url",
-            format!("cannot make {url}/images on the management node: {e}"),
+            format!(
+                "cannot make {url}/images on the management node: {e}{}",
+                not_ours_hint(&e, &url)
+            ),
         )
     })?;
     let probe = dir.join(format!(".zstack-write-check-{}", crate::new_uuid()));
     std::fs::write(&probe, b"ok")
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| ApiError::invalid("url", format!("cannot write to {url}: {e}")))?;
+        .map_err(|e| {
+            ApiError::invalid(
+                "url",
+                format!("cannot write to {url}: {e}{}", not_ours_hint(&e, &url)),
+            )
+        })?;
     let (total, avail) = fs_capacity(dir)?;
     let uuid = crate::new_uuid();
     c.conn.execute(
@@ -556,6 +564,24 @@ fn add_bs(c: &Call) -> Result<Value, ApiError> {
         params![uuid, c.required("name")?, c.str("description"), url, total, avail, auth::now()],
     )?;
     Ok(inventory(one(c.conn, &BACKUP_STORAGE, &uuid)?))
+}
+
+/// What to do when the management node (the user zstack, in its sandbox) may not write a
+/// backup storage directory: the operator gives it the directory.
+fn not_ours_hint(e: &std::io::Error, url: &str) -> String {
+    use std::io::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+    ) {
+        return String::new();
+    }
+    format!(
+        "; the management node runs as the user zstack: as root, make the directory its own \
+         (install -d -o zstack -g zstack -m 0700 {url}) and, where systemd runs it, let its \
+         sandbox write there (systemctl edit zstack-server: [Service] ReadWritePaths={url}; \
+         systemctl restart zstack-server), then add it again"
+    )
 }
 
 fn attach_bs(c: &Call) -> Result<Value, ApiError> {
