@@ -480,8 +480,9 @@ impl VerifiedBin {
 impl VerifiedBin {
     /// Writes the multi-call program to `out`: the installer part decompressed, checked against
     /// its MANIFEST entry. A program started by this file's header is those very bytes (the
-    /// unpacker wrote them), so when the running program matches the entry it is hard-linked
-    /// (copied across file systems) instead of decompressed again.
+    /// unpacker wrote them), so when the running program matches the entry its bytes are copied
+    /// instead of decompressed again. Always a new file, never a hard link to the temporary
+    /// one: a link would keep the temporary file's SELinux label, which systemd may refuse to run.
     fn write_program(
         &self,
         out: &Path,
@@ -492,23 +493,7 @@ impl VerifiedBin {
         let matches = |bytes: &[u8]| {
             bytes.len() as u64 == size && hex::encode(Sha256::digest(bytes)) == sha256
         };
-        let write_err = |source| BinError::Io {
-            path: out.to_path_buf(),
-            source,
-        };
-        let set_mode = || {
-            std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode)).map_err(write_err)
-        };
-        let running = running_program(size);
-        if let Some(exe) = &running {
-            if std::fs::hard_link(exe, out).is_ok() {
-                if std::fs::read(out).is_ok_and(|bytes| matches(&bytes)) {
-                    return set_mode();
-                }
-                std::fs::remove_file(out).map_err(write_err)?;
-            }
-        }
-        let bytes = match running.and_then(|exe| std::fs::read(exe).ok()) {
+        let bytes = match running_program(size).and_then(|exe| std::fs::read(exe).ok()) {
             Some(bytes) if matches(&bytes) => bytes,
             _ => {
                 let bytes = self.decompress_program(size)?;
@@ -520,8 +505,12 @@ impl VerifiedBin {
                 bytes
             }
         };
+        let write_err = |source| BinError::Io {
+            path: out.to_path_buf(),
+            source,
+        };
         std::fs::write(out, &bytes).map_err(write_err)?;
-        set_mode()
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode)).map_err(write_err)
     }
 
     /// The installer part, decompressed.
