@@ -50,6 +50,7 @@ bench:
 	bash scripts/bench-metadata.sh
 	bash scripts/bench-eip.sh
 	bash scripts/bench-dashboard.sh
+	bash scripts/bench-cloud-guest.sh
 
 clean:
 	$(CARGO) clean

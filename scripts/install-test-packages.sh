@@ -18,7 +18,7 @@ fi
 RUNTIME="$QEMU_UTILS qemu-system-x86 libvirt-daemon-system libvirt-clients dnsmasq-base
     nftables iptables iproute2 iputils-arping util-linux cron sqlite3 procps ca-certificates"
 TEST="makeself hyperfine systemd systemd-container debootstrap util-linux e2fsprogs psmisc kmod
-    curl gzip zstd xz-utils python3 isolinux syslinux-common xorriso cpio
+    curl gzip zstd xz-utils python3 isolinux syslinux-common xorriso cpio extlinux fdisk
     iputils-ping isc-dhcp-client cloud-init lighttpd wrk chromium chromium-driver"
 
 case "${1:-all}" in

@@ -41,6 +41,17 @@ pub fn guest_image() -> PathBuf {
     out
 }
 
+/// The guest image of real Debian with Debian's own cloud-init, built from Debian packages by
+/// scripts/build-cloud-guest-image.sh (cached, keyed by the script's sha256).
+pub fn cloud_guest_image() -> PathBuf {
+    let out = repo_root().join("build/guest/zstack-cloud-guest.qcow2");
+    ok(Command::new("bash")
+        .arg(repo_root().join("scripts/build-cloud-guest-image.sh"))
+        .arg(&out));
+    assert!(out.is_file(), "the cloud guest image was not built");
+    out
+}
+
 /// An ext4 filesystem in a file under /var/tmp (not tmpfs: it must support O_DIRECT), loop-mounted
 /// at `at`; unmounted and removed when dropped.
 pub struct LoopFs {
