@@ -81,8 +81,14 @@ impl Preflight<'_> {
 
         if !sysroot && !self.opts.no_start {
             for &s in self.services {
-                if let Some(p) = port_problem(s) {
-                    problems.push(p);
+                let mut ports = vec![s.default_port()];
+                if s == Service::Server {
+                    ports.push(zstack_common::service::DEFAULT_HOST_TLS_PORT);
+                }
+                for port in ports {
+                    if let Some(p) = port_problem(s, port) {
+                        problems.push(p);
+                    }
                 }
             }
         }
@@ -246,21 +252,18 @@ fn nearest_existing(p: &Path) -> PathBuf {
 }
 
 /// `None` if the service's port is free, or is held by that ZStack service itself (a re-run).
-fn port_problem(service: Service) -> Option<String> {
-    let port = service.default_port();
+fn port_problem(service: Service, port: u16) -> Option<String> {
     match TcpListener::bind(("0.0.0.0", port)) {
         Ok(_) => None,
         Err(_) => {
-            let url = format!("http://127.0.0.1:{port}/health");
-            if let Ok(h) =
-                zstack_common::health::fetch(&url, None, std::time::Duration::from_secs(2))
-            {
-                if h.service == service.name() {
-                    return None;
-                }
+            let holder = port_holder(port);
+            // The kernel keeps the first 15 bytes of a program's name.
+            let own: String = service.name().chars().take(15).collect();
+            if holder.as_ref().is_some_and(|(_, comm)| *comm == own) {
+                return None;
             }
-            let holder = port_holder(port)
-                .map(|p| format!(" by {p}"))
+            let holder = holder
+                .map(|(pid, comm)| format!(" by pid {pid} ({comm})"))
                 .unwrap_or_default();
             Some(format!(
                 "port {port}, which the {} ({}) needs, is in use{holder}; stop that program or free the port",
@@ -272,7 +275,8 @@ fn port_problem(service: Service) -> Option<String> {
 }
 
 /// "pid N (name)" of the process listening on TCP `port`, found through /proc.
-fn port_holder(port: u16) -> Option<String> {
+/// The pid and program name of the process listening on `port`.
+fn port_holder(port: u16) -> Option<(String, String)> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -308,7 +312,7 @@ fn port_holder(port: u16) -> Option<String> {
                 if inodes.iter().any(|i| t.as_os_str() == i.as_str()) {
                     let comm =
                         std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
-                    return Some(format!("pid {pid} ({})", comm.trim()));
+                    return Some((pid, comm.trim().to_string()));
                 }
             }
         }

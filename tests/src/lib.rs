@@ -50,8 +50,7 @@ pub const HOST_TEST_LOCK: &str = "/run/lock/zstack-tests-on-this-host.lock";
 /// install over each other. The lock file is opened close-on-exec (Rust's default), so daemons
 /// a test starts (libvirtd, virtlogd, dnsmasq) never inherit it and hold the host after the test.
 pub fn hold_the_host() {
-    static HELD: std::sync::OnceLock<nix::fcntl::Flock<std::fs::File>> =
-        std::sync::OnceLock::new();
+    static HELD: std::sync::OnceLock<nix::fcntl::Flock<std::fs::File>> = std::sync::OnceLock::new();
     HELD.get_or_init(|| {
         let file = std::fs::OpenOptions::new()
             .create(true)

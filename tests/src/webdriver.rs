@@ -110,7 +110,12 @@ impl Browser {
     }
 
     /// One WebDriver call; a refusal comes back as its HTTP status and the protocol's error value.
-    fn try_raw(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, (u16, Value)> {
+    fn try_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (u16, Value)> {
         let url = format!("{}{path}", self.base);
         let req = self.agent.request(method, &url);
         let res = match body {

@@ -470,7 +470,7 @@ fn an_older_backup_is_restored_and_migrated() {
     assert!(
         std::fs::read_to_string(z.root.join("etc/zstack/zstack.properties"))
             .unwrap()
-            .contains("kvmagent.secret")
+            .contains("management.hostTls.port")
     );
 }
 
@@ -523,15 +523,15 @@ fn configure_validates_every_pair_and_rewrites_atomically() {
 
     let shown = ok(z.ctl(&["show_configuration"]));
     assert!(
-        shown.contains("kvmagent.port = 7071") && shown.contains("kvmagent.secret = ********"),
+        shown.contains("kvmagent.port = 7071") && shown.contains("admin.password = ********"),
         "{shown}"
     );
     assert!(
         !shown.contains(
             &after
                 .lines()
-                .find(|l| l.starts_with("kvmagent.secret"))
-                .unwrap()[18..]
+                .find(|l| l.starts_with("admin.password"))
+                .unwrap()[17..]
         ),
         "secrets masked"
     );

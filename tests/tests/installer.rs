@@ -85,7 +85,7 @@ fn sysroot_install_lays_down_every_file_and_a_rerun_changes_nothing() {
         "management.server.ip",
         "management.api.port = 8080",
         "kvmagent.port = 7070",
-        "kvmagent.secret",
+        "management.hostTls.port = 8443",
         "admin.password",
     ] {
         assert!(
@@ -93,6 +93,25 @@ fn sysroot_install_lays_down_every_file_and_a_rerun_changes_nothing() {
             "zstack.properties lacks {key}:\n{props}"
         );
     }
+    // The cloud's CA, root-only, and the certificates of the management node and of the local
+    // host (whose agent serves with it); the node's SSH key for adding hosts.
+    assert_eq!(mode(&r("/etc/zstack/ca")), 0o700);
+    assert_eq!(mode(&r("/etc/zstack/ca/ca.key")), 0o600);
+    for key in [
+        "/etc/zstack/pki/management-node.key",
+        "/etc/zstack/pki/host.key",
+        "/etc/zstack/ssh/id_ed25519",
+    ] {
+        assert_eq!(mode(&r(key)), 0o600, "{key}");
+    }
+    for cert in ["ca", "management-node", "host"] {
+        let pem = std::fs::read_to_string(r(&format!("/etc/zstack/pki/{cert}.pem"))).unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{cert}: {pem}"
+        );
+    }
+    assert!(!props.contains("kvmagent.secret"), "{props}");
     assert_eq!(mode(&r("/var/lib/zstack/zstack.db")), 0o600);
     assert_eq!(mode(&r("/var/lib/zstack/mysql-backup")), 0o700);
     assert!(r("/var/log/zstack").is_dir());
@@ -505,7 +524,7 @@ fn a_failure_at_any_step_leaves_the_host_as_it_was() {
     require_root();
     let bin = bin_path(V);
     for step in [
-        "unpack", "current", "links", "config", "database", "user", "units", "cron",
+        "unpack", "current", "links", "config", "pki", "database", "user", "units", "cron",
     ] {
         // On a fresh host: nothing is left.
         let dir = tempfile::tempdir().unwrap();
@@ -779,7 +798,14 @@ fn a_real_install_starts_answers_and_stops() {
         h.contains("\"service\":\"zstack-server\"") && h.contains("1.2.0"),
         "{h}"
     );
-    ureq_health(7070).expect("the agent answers");
+    // The agent speaks only HTTPS with a client certificate of the cloud: curl (OpenSSL) with
+    // this host's certificate gets its health; plain HTTP gets nothing.
+    let agent = agent_health().expect("the agent answers");
+    assert!(agent.contains("\"service\":\"zstack-kvmagent\""), "{agent}");
+    assert!(
+        ureq_health(7070).is_err(),
+        "no plain HTTP on the agent's port"
+    );
     assert_runs_as_zstack_and_owns_its_files();
 
     let status: serde_json::Value =
@@ -876,7 +902,29 @@ fn a_real_install_starts_answers_and_stops() {
     ureq_health(8080).expect("answers after start");
     ok(Command::new("zstack-ctl").args(["stop", "--service", "zstack-server"]));
     assert!(ureq_health(8080).is_err());
-    ureq_health(7070).expect("the agent still runs");
+    agent_health().expect("the agent still runs");
+}
+
+/// GET https://127.0.0.1:7070/health with curl, as this host (its certificate and key, the
+/// cloud's CA).
+fn agent_health() -> Result<String, String> {
+    let o = run(Command::new("curl").args([
+        "-sf",
+        "--max-time",
+        "3",
+        "--cacert",
+        "/etc/zstack/pki/ca.pem",
+        "--cert",
+        "/etc/zstack/pki/host.pem",
+        "--key",
+        "/etc/zstack/pki/host.key",
+        "https://127.0.0.1:7070/health",
+    ]));
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(text(&o))
+    }
 }
 
 /// The user zstack is a system user without a login; the management node runs as it (real,
@@ -979,7 +1027,11 @@ fn host_only_install_root_drop_db_and_bad_ip() {
     assert!(!root.join("var/lib/zstack/zstack.db").exists());
     assert!(!root.join("var/spool/cron/crontabs/root").exists());
     let props = std::fs::read_to_string(root.join("etc/zstack/zstack.properties")).unwrap();
-    assert!(props.contains("kvmagent.secret"), "{props}");
+    // No shared secret any more, and no CA on a compute host: its certificate comes when a
+    // management node adds it.
+    assert!(!props.contains("kvmagent.secret"), "{props}");
+    assert!(!root.join("etc/zstack/ca").exists());
+    assert!(!root.join("etc/zstack/pki/host.pem").exists());
     // A compute host has no accounts: no admin password on it, none in the summary.
     assert!(!props.contains("admin.password"), "{props}");
     assert!(s["admin_password"].is_null(), "{out}");
@@ -1143,7 +1195,7 @@ fn an_older_database_needs_k_to_be_kept_and_migrated() {
 fn a_run_killed_half_way_is_rolled_back_by_the_next_one() {
     require_root();
     let bin = bin_path(V);
-    for step in ["unpack", "config", "database", "units", "cron"] {
+    for step in ["unpack", "config", "pki", "database", "units", "cron"] {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         // An operator's install to come back to.

@@ -293,8 +293,8 @@ fn assert_old_release_intact(cli: &Cli, what: &str) {
     assert_eq!((m.uid(), m.gid()), (0, 0), "{what}");
 }
 
-const UPGRADE_STEPS: [&str; 9] = [
-    "backup", "stop", "migrate", "config", "current", "user", "units", "cron", "start",
+const UPGRADE_STEPS: [&str; 10] = [
+    "backup", "stop", "migrate", "config", "pki", "current", "user", "units", "cron", "start",
 ];
 
 #[test]

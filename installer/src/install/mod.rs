@@ -19,6 +19,8 @@
 //!      value and only adds keys that are missing; an upgrade applies the config steps of the
 //!      releases in between);
 //!    - `current`: the `current` symlink switched atomically; `links`: the commands in /usr/bin;
+//!    - `pki` (1.2.0 on, management node): the cloud's CA, the node's and the local host's
+//!      certificates, the node's SSH key ([`certificates`]);
 //!    - `database` (install): the database created, or an existing one migrated;
 //!    - `user` (1.2.0 and later): the system user `zstack` made, and the management node's files
 //!      given to it (`zstack_common::server_files`: its data directory and database, its log,
@@ -32,6 +34,7 @@
 //! after it has made its changes; `ZSTACK_FAILPOINT=<step>:pause` instead waits there (up to
 //! 60 s) for a signal, so a test can interrupt a run at a known point.
 
+mod certificates;
 mod lock;
 mod plan;
 mod run;

@@ -15,6 +15,7 @@ const UPGRADE_STEPS: &[(&str, &str)] = &[
     ("stop", "Stop the management node"),
     ("migrate", "Migrate the database"),
     ("config", "Migrate zstack.properties"),
+    ("pki", "Make or keep the cloud's certificates"),
     ("current", "Switch `current`"),
     ("links", "Link the commands into /usr/bin"),
     (
@@ -32,6 +33,7 @@ const STEPS: &[(&str, &str)] = &[
     ("current", "Switch `current`"),
     ("links", "Link the commands into /usr/bin"),
     ("config", "Write zstack.properties"),
+    ("pki", "Make the cloud's certificates"),
     ("database", "Create the database"),
     (
         "user",

@@ -43,6 +43,7 @@ impl Run<'_> {
             "current" => self.switch_current(),
             "links" => self.link_commands(),
             "config" => self.write_config(),
+            "pki" => self.make_certificates(),
             "database" => self.create_database(),
             "backup" => self.backup_db(),
             "stop" => self.stop_server(),

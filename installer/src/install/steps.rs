@@ -182,6 +182,7 @@ impl Run<'_> {
             "management_ip": self.management_ip,
             "api_port": Service::Server.default_port(),
             "agent_port": Service::KvmAgent.default_port(),
+            "host_tls_port": zstack_common::service::DEFAULT_HOST_TLS_PORT,
             "agent_secret": zstack_common::secret::random_hex(32)?,
             "admin_password": password,
             "release": {"major": self.version.major, "minor": self.version.minor, "patch": self.version.patch},
@@ -484,7 +485,7 @@ impl Run<'_> {
         for &s in &self.services {
             match zstack_ctl::lifecycle::service_pid(&l, init, s) {
                 None => to_start.push(s),
-                Some(_) => match zstack_ctl::lifecycle::check_health(&props, s) {
+                Some(_) => match zstack_ctl::lifecycle::check_health(&l, &props, s) {
                     Ok(h) if h.version == self.version.to_string() => {}
                     _ => restarted.push(s),
                 },
@@ -510,7 +511,8 @@ impl Run<'_> {
         }
         zstack_ctl::lifecycle::start(&l, &props, &to_start, Duration::from_secs(90))?;
         for &s in &to_start {
-            let h = zstack_ctl::lifecycle::check_health(&props, s).map_err(anyhow::Error::msg)?;
+            let h =
+                zstack_ctl::lifecycle::check_health(&l, &props, s).map_err(anyhow::Error::msg)?;
             if h.version != self.version.to_string() {
                 bail!(
                     "{} answers as release {}, not {}",

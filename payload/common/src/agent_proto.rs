@@ -44,6 +44,9 @@ pub struct HostFacts {
     pub qemu_version: Option<String>,
     #[serde(default)]
     pub vms: Option<Vec<VmReport>>,
+    /// Serial (hex) of the certificate the agent serves with.
+    #[serde(default)]
+    pub certificate_serial: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,12 +1,10 @@
 //! The health check every service answers at `GET /health`, and the client side of it that the
 //! installer and `zstack-ctl status` use.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Header carrying the agent secret on management-node-to-agent requests.
-pub const AGENT_SECRET_HEADER: &str = "X-ZStack-Agent-Secret";
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -18,18 +16,23 @@ pub struct Health {
     pub pid: u32,
 }
 
-/// Asks `url` for a [`Health`] document. `secret`, when given, is sent as the agent secret.
-pub fn fetch(url: &str, secret: Option<&str>, timeout: Duration) -> Result<Health, String> {
-    let agent = crate::http_client::agent(crate::http_client::Timeouts {
+/// Asks `url` for a [`Health`] document; an `https` URL with `tls` (the agent's port takes only
+/// clients with a certificate of the cloud).
+pub fn fetch(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<Health, String> {
+    let timeouts = crate::http_client::Timeouts {
         connect: Some(timeout),
         read: None,
         whole: Some(timeout),
-    });
-    let mut req = agent.get(url);
-    if let Some(s) = secret {
-        req = req.set(AGENT_SECRET_HEADER, s);
-    }
-    match req.call() {
+    };
+    let agent = match tls {
+        Some(config) => crate::http_client::tls_agent(timeouts, config),
+        None => crate::http_client::agent(timeouts),
+    };
+    match agent.get(url).call() {
         Ok(resp) => resp
             .into_json::<Health>()
             .map_err(|e| format!("{url} answered something that is not a health document: {e}")),

@@ -1,5 +1,6 @@
 //! The one way the stack's programs make an HTTP client: the timeouts are the caller's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a client waits.
@@ -15,6 +16,16 @@ pub struct Timeouts {
 
 /// An HTTP client with `timeouts` (none given: it waits as long as the peer does).
 pub fn agent(timeouts: Timeouts) -> ureq::Agent {
+    builder(timeouts).build()
+}
+
+/// An HTTPS client with `timeouts` that speaks TLS as `config` says (the cloud's CA and the
+/// caller's certificate: see zstack-pki).
+pub fn tls_agent(timeouts: Timeouts, config: Arc<rustls::ClientConfig>) -> ureq::Agent {
+    builder(timeouts).tls_config(config).build()
+}
+
+fn builder(timeouts: Timeouts) -> ureq::AgentBuilder {
     let mut builder = ureq::AgentBuilder::new();
     if let Some(t) = timeouts.connect {
         builder = builder.timeout_connect(t);
@@ -25,5 +36,5 @@ pub fn agent(timeouts: Timeouts) -> ureq::Agent {
     if let Some(t) = timeouts.whole {
         builder = builder.timeout(t);
     }
-    builder.build()
+    builder
 }

@@ -86,6 +86,18 @@ impl Layout {
     pub fn etc_dir(&self) -> PathBuf {
         PathBuf::from("/etc/zstack")
     }
+    /// The cloud's certificate authority (management node only; 0700, key 0600).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.etc_dir().join("ca")
+    }
+    /// This machine's certificates and keys, the CA it trusts and the CA's revocation list.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.etc_dir().join("pki")
+    }
+    /// The management node's SSH key, which hosts are deployed with.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.etc_dir().join("ssh")
+    }
     pub fn properties_file(&self) -> PathBuf {
         self.etc_dir().join("zstack.properties")
     }

@@ -135,6 +135,27 @@ impl Properties {
         true
     }
 
+    /// Removes `key` and the comment lines right above it. Returns true if the file changed.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Some(at) = self
+            .lines
+            .iter()
+            .position(|l| matches!(l, Line::Entry { key: k, .. } if k == key))
+        else {
+            return false;
+        };
+        let mut from = at;
+        while from > 0
+            && matches!(&self.lines[from - 1], Line::Other(t) if t.trim_start().starts_with('#'))
+        {
+            from -= 1;
+        }
+        self.lines.drain(from..=at);
+        // A key given twice: the later lines go as well.
+        self.remove(key);
+        true
+    }
+
     /// Renames `old` to `new`, keeping its value and position, unless `new` is already set.
     /// Returns true if the file changed.
     pub fn rename(&mut self, old: &str, new: &str) -> bool {

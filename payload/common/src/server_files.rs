@@ -58,9 +58,10 @@ pub struct ServerPath {
 /// directory before what is in it). Not recursive: `/var/lib/zstack/kvmagent` (the agent's
 /// state, root's) and `mysql-backup` (dump_mysql's, root's) stay root's.
 ///
-/// When the cloud's certificate authority lands, its three directories join here, one line
-/// each, read by the management node: `/etc/zstack/ca` (0700; `ca.key` 0600), `/etc/zstack/pki`
-/// (the management node's certificate and key) and `/etc/zstack/ssh` (the node's ed25519 key).
+/// The cloud's trust: the management node signs with the CA (`/etc/zstack/ca`, its key 0600),
+/// serves and drives agents with its own certificate and key in `/etc/zstack/pki`, where it also
+/// writes the CA's revocation list (so that directory is writable to it; the local host's
+/// `host.key` in it stays root's), and deploys hosts with its SSH key (`/etc/zstack/ssh`).
 pub fn server_paths(layout: &Layout) -> Vec<ServerPath> {
     let db = layout.db_file().display().to_string();
     let p = |path: PathBuf, kind, owner, mode, writable| ServerPath {
@@ -100,6 +101,24 @@ pub fn server_paths(layout: &Layout) -> Vec<ServerPath> {
             File,
             RootReadByServer,
             PROPERTIES_MODE,
+            false,
+        ),
+        p(layout.ca_dir(), Dir, Server, 0o700, false),
+        p(layout.ca_dir().join("ca.key"), File, Server, 0o600, false),
+        p(layout.pki_dir(), Dir, Server, 0o755, true),
+        p(
+            layout.pki_dir().join("management-node.key"),
+            File,
+            Server,
+            0o600,
+            false,
+        ),
+        p(layout.ssh_dir(), Dir, Server, 0o700, false),
+        p(
+            layout.ssh_dir().join("id_ed25519"),
+            File,
+            Server,
+            0o600,
             false,
         ),
     ]
@@ -150,7 +169,8 @@ mod tests {
             writable_paths(&l),
             vec![
                 PathBuf::from("/var/lib/zstack"),
-                PathBuf::from("/var/log/zstack/management-server.log")
+                PathBuf::from("/var/log/zstack/management-server.log"),
+                PathBuf::from("/etc/zstack/pki"),
             ]
         );
         let all = server_paths(&l);

@@ -12,7 +12,12 @@ pub mod keys {
     /// The API port's name in releases before 1.2.0; 1.2.0's upgrade step renames it.
     pub const LEGACY_API_PORT: &str = "api.port";
     pub const AGENT_PORT: &str = "kvmagent.port";
-    pub const AGENT_SECRET: &str = "kvmagent.secret";
+    /// The shared secret of releases before 1.2.0, which certificates replaced; 1.2.0's upgrade
+    /// step removes it.
+    pub const LEGACY_AGENT_SECRET: &str = "kvmagent.secret";
+    /// The port of the management node's host channel (HTTPS, host certificates only): where
+    /// agents download images.
+    pub const HOST_TLS_PORT: &str = "management.hostTls.port";
     /// How the agent runs VMs: `auto` (kvm where /dev/kvm opens), `kvm`, or `qemu` (TCG, for
     /// hosts where /dev/kvm exists but cannot run guests, e.g. nested without hardware support).
     pub const AGENT_VIRTUALIZATION: &str = "kvmagent.virtualization";
@@ -22,6 +27,14 @@ pub mod keys {
     pub const IMAGE_SOURCE_DIRECTORIES: &str = "image.sourceDirectories";
     /// The port of the web dashboard zstack-server serves (5000).
     pub const DASHBOARD_PORT: &str = "dashboard.port";
+}
+
+/// The host channel's port when `management.hostTls.port` is absent.
+pub const DEFAULT_HOST_TLS_PORT: u16 = 8443;
+
+/// The port of the management node's host channel: `management.hostTls.port`, 8443 when absent.
+pub fn host_tls_port(props: &Properties) -> Result<u16, String> {
+    props.get_or(keys::HOST_TLS_PORT, DEFAULT_HOST_TLS_PORT)
 }
 
 /// The original's dashboard port.
@@ -110,9 +123,13 @@ impl Service {
             .join(format!("{}.supervisor.pid", self.name()))
     }
 
-    /// The health URL on this host.
+    /// The health URL on this host. The agent serves only HTTPS with client certificates.
     pub fn local_health_url(self, props: &Properties) -> Result<String, String> {
-        Ok(format!("http://127.0.0.1:{}/health", self.port(props)?))
+        let scheme = match self {
+            Service::Server => "http",
+            Service::KvmAgent => "https",
+        };
+        Ok(format!("{scheme}://127.0.0.1:{}/health", self.port(props)?))
     }
 }
 

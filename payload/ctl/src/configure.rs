@@ -27,13 +27,6 @@ fn port(v: &str) -> Result<(), String> {
         _ => Err("a port number 1-65535".to_string()),
     }
 }
-fn secret(v: &str) -> Result<(), String> {
-    if v.len() >= 16 && v.chars().all(|c| c.is_ascii_graphic()) {
-        Ok(())
-    } else {
-        Err("at least 16 printable characters without spaces".to_string())
-    }
-}
 fn virtualization(v: &str) -> Result<(), String> {
     match v {
         "auto" | "kvm" | "qemu" => Ok(()),
@@ -68,10 +61,10 @@ pub const KEYS: &[Key] = &[
         check: port,
     },
     Key {
-        name: keys::AGENT_SECRET,
-        what: "secret the management node presents to agents",
-        secret: true,
-        check: secret,
+        name: keys::HOST_TLS_PORT,
+        what: "port of the management node's host channel (HTTPS for hosts: image downloads)",
+        secret: false,
+        check: port,
     },
     Key {
         name: keys::AGENT_VIRTUALIZATION,
@@ -160,6 +153,5 @@ mod tests {
         assert_eq!(closest("kvmagent.prt"), keys::AGENT_PORT);
         assert!(ip("10.0.0.1").is_ok() && ip("10.0.0").is_err());
         assert!(port("8080").is_ok() && port("0").is_err() && port("70000").is_err());
-        assert!(secret("short").is_err());
     }
 }

@@ -569,6 +569,11 @@ fn status(layout: &Layout, json: bool) -> anyhow::Result<()> {
     for st in &statuses {
         let state = match (&st.pid, &st.health, &st.health_error) {
             (None, _, _) => "stopped".to_string(),
+            (Some(pid), Some(h), _) if h.status == lifecycle::WAITING_TO_JOIN => format!(
+                "running, pid {pid}, version {}, waiting to be added to a cloud (no certificate \
+                 yet: AddKVMHost on the management node)",
+                h.version
+            ),
             (Some(pid), Some(h), _) => format!("running, pid {pid}, version {}", h.version),
             (Some(pid), None, Some(e)) => format!("running, pid {pid}, NOT ANSWERING: {e}"),
             (Some(pid), None, None) => format!("running, pid {pid}"),

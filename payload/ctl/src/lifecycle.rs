@@ -25,7 +25,7 @@ use serde::Serialize;
 use zstack_common::health::{self, Health};
 use zstack_common::logfile::LogFile;
 use zstack_common::server_files::{runs_as_server_user, SERVER_HOME, SERVER_USER};
-use zstack_common::service::{keys, InitSystem, Service};
+use zstack_common::service::{InitSystem, Service};
 use zstack_common::{Layout, Properties, Release};
 
 /// How long `start` waits for a service to answer its health check.
@@ -85,22 +85,70 @@ pub fn service_pid(layout: &Layout, init: InitSystem, service: Service) -> Optio
     }
 }
 
-/// Asks a service for its health.
-pub fn check_health(props: &Properties, service: Service) -> Result<Health, String> {
+/// The status of an agent that runs but has no certificate yet: it listens on nothing until a
+/// management node adds the host.
+pub const WAITING_TO_JOIN: &str = "waiting-to-join";
+
+/// Asks a service for its health. The agent takes only clients with a certificate of the
+/// cloud: it is asked with this host's own certificate (which its `/health` accepts). An agent
+/// without a certificate answers nothing; its health is then [`WAITING_TO_JOIN`], with the
+/// release of the program that runs.
+pub fn check_health(
+    layout: &Layout,
+    props: &Properties,
+    service: Service,
+) -> Result<Health, String> {
     let url = service.local_health_url(props)?;
-    let secret = match service {
-        Service::KvmAgent => props.get(keys::AGENT_SECRET),
-        Service::Server => None,
-    };
-    let h = health::fetch(&url, None, Duration::from_secs(3))?;
-    // The agent is "connected" only when it also accepts our secret.
-    if let (Service::KvmAgent, Some(secret)) = (service, secret) {
-        let ping = url.replace("/health", "/host/ping");
-        health::fetch(&ping, Some(secret), Duration::from_secs(3)).map_err(|e| {
-            format!("the agent answers but refuses the secret in zstack.properties: {e}")
-        })?;
+    match service {
+        Service::Server => health::fetch(&url, None, Duration::from_secs(3)),
+        Service::KvmAgent => {
+            let pki = zstack_pki::MachinePki::new(layout.host(layout.pki_dir()));
+            if !pki.has_identity(zstack_pki::Role::Host) {
+                return waiting_agent(layout);
+            }
+            let tls = local_agent_tls(&pki).map_err(|e| {
+                format!(
+                    "this host's certificates in {} are unusable: {e}",
+                    pki.dir().display()
+                )
+            })?;
+            health::fetch(&url, Some(tls), Duration::from_secs(3))
+        }
     }
-    Ok(h)
+}
+
+/// A client of the local agent: this host's certificate, the cloud's CA. The revocation list
+/// is left out: this asks whether the agent runs, not whether the cloud still trusts it.
+fn local_agent_tls(
+    pki: &zstack_pki::MachinePki,
+) -> Result<Arc<rustls::ClientConfig>, zstack_pki::PkiError> {
+    let identity = pki.identity(zstack_pki::Role::Host)?;
+    let trust = zstack_pki::tls::Trust {
+        crl_pem: None,
+        ..pki.trust()?
+    };
+    zstack_pki::tls::client_config(Some(&identity), &trust, zstack_pki::Role::Host)
+}
+
+/// The health of an agent waiting for its certificate, from its process.
+fn waiting_agent(layout: &Layout) -> Result<Health, String> {
+    let init = InitSystem::detect(layout);
+    let pid =
+        service_pid(layout, init, Service::KvmAgent).ok_or("the KVM host agent is not running")?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("cannot read the program of pid {pid}: {e}"))?;
+    let tree = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} is not in a release tree", exe.display()))?;
+    let release = zstack_common::Release::of_tree(tree).map_err(|e| e.to_string())?;
+    Ok(Health {
+        product: zstack_common::PRODUCT.to_string(),
+        service: Service::KvmAgent.name().to_string(),
+        version: release.version,
+        status: WAITING_TO_JOIN.to_string(),
+        pid,
+    })
 }
 
 pub fn status(layout: &Layout, props: &Properties, services: &[Service]) -> Vec<ServiceStatus> {
@@ -110,7 +158,7 @@ pub fn status(layout: &Layout, props: &Properties, services: &[Service]) -> Vec<
         .map(|&s| {
             let pid = service_pid(layout, init, s);
             let (health, health_error) = if pid.is_some() {
-                match check_health(props, s) {
+                match check_health(layout, props, s) {
                     Ok(h) => (Some(h), None),
                     Err(e) => (None, Some(e)),
                 }
@@ -243,7 +291,7 @@ pub fn wait_healthy(
     let deadline = Instant::now() + timeout;
     let mut last_error;
     loop {
-        match check_health(props, service) {
+        match check_health(layout, props, service) {
             Ok(h) => return Ok(h),
             Err(e) => last_error = e,
         }

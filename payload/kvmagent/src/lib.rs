@@ -1,6 +1,9 @@
 //! The KVM host agent (`zstack-kvmagent`): answers the management node on `kvmagent.port`
-//! (7070). Every request but `GET /health` must carry the secret made at install
-//! (`kvmagent.secret` in zstack.properties) in the `X-ZStack-Agent-Secret` header.
+//! (7070), HTTPS only, with mutual TLS: the client must present a certificate of this cloud's CA
+//! (`/etc/zstack/pki/ca.pem`). Every call but `GET /health` takes only the management node's
+//! certificate; `/health` also answers a host's (so `zstack-ctl status` can ask with the host's
+//! own). A host that has no certificate yet (installed with `--host-only`, not yet added) listens
+//! on nothing until `AddKVMHost` installs one.
 //!
 //! - `host.rs`: the host's tools (virsh, qemu-img, ip) behind one trait.
 //! - `vm.rs`: VMs as transient libvirt domains rendered from `templates/libvirt/`.
@@ -35,18 +38,24 @@ use zstack_common::agent_proto::{
     path, CheckStorage, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm, VmRef, VmSpec,
     VolumeAttachment,
 };
-use zstack_common::health::{Health, AGENT_SECRET_HEADER};
+use zstack_common::health::Health;
 use zstack_common::logfile::LogFile;
 use zstack_common::service::{keys, Service};
 use zstack_common::templates::Templates;
 use zstack_common::{Layout, Properties, Release, PRODUCT};
+
+use zstack_pki::tls::ClientAuth;
+use zstack_pki::{MachinePki, Role};
 
 use crate::host::{SystemTools, Virsh};
 use crate::vm::{Refusal, VmHost};
 
 struct AgentState {
     version: String,
-    secret: String,
+    /// Serial of the certificate the agent serves with (reported at connect).
+    certificate_serial: String,
+    /// Downloads images from the management node's host channel with the host's certificate.
+    image_client: ureq::Agent,
     layout: Layout,
     templates: Templates,
     log: LogFile,
@@ -63,7 +72,7 @@ impl AgentState {
             templates: &self.templates,
             run_dir: self.layout.host(self.layout.run_dir().join("kvmagent")),
             console_dir: self.layout.host(self.layout.log_dir().join("vms")),
-            secret: &self.secret,
+            image_client: &self.image_client,
             domain_type: self.domain_type,
             state_dir: self.layout.host(self.layout.data_dir().join("kvmagent")),
             metadata: Some(&self.metadata),
@@ -90,11 +99,11 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .context("cannot find release.json beside this program; is the release tree intact?")?;
     let props = Properties::load(&layout.host(layout.properties_file()))?;
     let port = Service::KvmAgent.port(&props).map_err(anyhow::Error::msg)?;
-    let secret = props
-        .get(keys::AGENT_SECRET)
-        .filter(|s| !s.is_empty())
-        .with_context(|| format!("{} is not set in zstack.properties", keys::AGENT_SECRET))?
-        .to_string();
+    let pki = MachinePki::new(layout.host(layout.pki_dir()));
+    if !wait_for_certificate(&pki, log)? {
+        return Ok(());
+    }
+    let tls = AgentTls::load(&pki)?;
     let templates = Templates::load(&release_tree()?.join("templates"))?;
     let store =
         metadata::MetadataStore::open(metadata::store_dir(layout)).context("metadata store")?;
@@ -110,7 +119,8 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
     ));
     let state = Arc::new(AgentState {
         version: release.version.clone(),
-        secret,
+        certificate_serial: tls.serial,
+        image_client: tls.image_client,
         layout: layout.clone(),
         templates,
         log: log.clone(),
@@ -133,45 +143,111 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .route(path::DELETE_VOLUME, post(delete_volume))
         .route(path::APPLY_EIP, post(apply_eip))
         .route(path::REMOVE_EIP, post(remove_eip))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_secret,
-        ))
+        .route_layer(middleware::from_fn(require_management_node))
         .with_state(state);
-    zstack_http::serve(
+    zstack_http::serve_endpoints_until_signal(
         Service::KvmAgent,
         &release.version,
-        port,
-        authenticated,
+        vec![zstack_http::Endpoint {
+            port,
+            listen: zstack_http::Listen::Tls(tls.server),
+            app: authenticated,
+        }],
         log,
+        || {},
     )
 }
 
-async fn require_secret(
-    State(state): State<Arc<AgentState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let given = req
-        .headers()
-        .get(AGENT_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if given.map(|g| zstack_common::secret::constant_time_eq(g.as_bytes(), state.secret.as_bytes()))
-        != Some(true)
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": {
-                "code": "AGENT_AUTH_FAILED",
-                "message": format!("missing or wrong {AGENT_SECRET_HEADER} header")
-            }})),
+/// What the agent serves and downloads with, from the host's certificate.
+struct AgentTls {
+    server: zstack_http::TlsConfigCell,
+    image_client: ureq::Agent,
+    serial: String,
+}
+
+impl AgentTls {
+    fn load(pki: &MachinePki) -> anyhow::Result<AgentTls> {
+        let dir = pki.dir().display().to_string();
+        let identity = pki
+            .identity(Role::Host)
+            .with_context(|| format!("cannot read this host's certificate in {dir}"))?;
+        let trust = pki
+            .trust()
+            .with_context(|| format!("cannot read the cloud's CA in {dir}"))?;
+        let serial = pki.certificate_identity(Role::Host)?.serial;
+        let server = zstack_pki::tls::server_config(
+            &identity,
+            &trust,
+            ClientAuth::Required(vec![Role::ManagementNode, Role::Host]),
         )
-            .into_response();
+        .with_context(|| format!("the certificates in {dir} do not make a TLS configuration"))?;
+        let client = zstack_pki::tls::client_config(Some(&identity), &trust, Role::ManagementNode)
+            .with_context(|| format!("the certificates in {dir} do not make a TLS client"))?;
+        let image_client = zstack_common::http_client::tls_agent(
+            zstack_common::http_client::Timeouts {
+                connect: Some(std::time::Duration::from_secs(10)),
+                read: Some(std::time::Duration::from_secs(300)),
+                whole: None,
+            },
+            client,
+        );
+        Ok(AgentTls {
+            server: zstack_http::TlsConfigCell::new(server),
+            image_client,
+            serial,
+        })
+    }
+}
+
+/// A host installed on its own (`--host-only`) has no certificate until the management node
+/// adds it. Until then the agent listens on nothing: it waits for `host.pem` and starts serving
+/// when it appears. Answers false if the agent was told to stop while waiting.
+fn wait_for_certificate(pki: &MachinePki, log: &LogFile) -> anyhow::Result<bool> {
+    if pki.has_identity(Role::Host) {
+        return Ok(true);
+    }
+    log.info(&format!(
+        "this host has no certificate in {} yet: waiting to be added to a cloud \
+         (AddKVMHost on the management node); listening on nothing until then",
+        pki.dir().display()
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot watch for the stop signal")?;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if pki.has_identity(Role::Host) {
+            log.info("this host's certificate is installed: starting to serve");
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    log.info("stopped while waiting for a certificate");
+    Ok(false)
+}
+
+/// Every call but `/health` is the management node's: a host's certificate (which the TLS
+/// handshake accepts, for health checks) is refused here.
+async fn require_management_node(req: Request, next: Next) -> Response {
+    let role = req
+        .extensions()
+        .get::<zstack_http::PeerCertificate>()
+        .and_then(|c| zstack_pki::identity_of(&c.0).ok())
+        .map(|id| id.role);
+    if role != Some(Role::ManagementNode) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "NOT_THE_MANAGEMENT_NODE",
+            "only the management node of this cloud may call the agent; the certificate \
+             presented is not the management node's"
+                .to_string(),
+        );
     }
     next.run(req).await
 }
 
-/// An authenticated ping: proves the caller holds the install-time secret.
+/// An authenticated ping: proves the caller holds the management node's certificate.
 async fn ping(State(state): State<Arc<AgentState>>) -> Json<Health> {
     Json(Health {
         product: PRODUCT.to_string(),
@@ -206,6 +282,7 @@ async fn connect(State(state): State<Arc<AgentState>>) -> Response {
         facts.hypervisor = Some(st.domain_type.to_string());
         facts.virtualization_reason = Some(st.virtualization_reason.clone());
         facts.vms = Some(st.vm_host().report()?);
+        facts.certificate_serial = Some(st.certificate_serial.clone());
         Ok(serde_json::to_value(facts).unwrap_or_default())
     })
     .await
@@ -241,6 +318,7 @@ fn host_facts(version: &str) -> Result<HostFacts, HostFileError> {
         qemu_version: None,
         virtualization_reason: None,
         vms: None,
+        certificate_serial: None,
     })
 }
 

@@ -197,7 +197,7 @@ pub fn ensure_cached_image(
     cache: &Path,
     url: &str,
     sha256: Option<&str>,
-    secret: &str,
+    client: &ureq::Agent,
 ) -> Result<(), StorageError> {
     let dir = cache
         .parent()
@@ -218,15 +218,7 @@ pub fn ensure_cached_image(
     if cache.exists() {
         return Ok(());
     }
-    let resp = zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
-        connect: Some(std::time::Duration::from_secs(10)),
-        read: Some(std::time::Duration::from_secs(300)),
-        whole: None,
-    })
-    .get(url)
-    .set(zstack_common::health::AGENT_SECRET_HEADER, secret)
-    .call()
-    .map_err(|e| StorageError::Download {
+    let resp = client.get(url).call().map_err(|e| StorageError::Download {
         url: url.to_string(),
         source: Box::new(e),
     })?;

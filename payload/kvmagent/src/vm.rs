@@ -49,8 +49,8 @@ pub struct VmHost<'a> {
     pub run_dir: PathBuf,
     /// Where VM consoles are written (`/var/log/zstack/vms`).
     pub console_dir: PathBuf,
-    /// The secret for image downloads from the management node.
-    pub secret: &'a str,
+    /// Downloads images from the management node (with the host's certificate).
+    pub image_client: &'a ureq::Agent,
     /// `kvm` or `qemu`.
     pub domain_type: &'static str,
     /// `/var/lib/zstack/kvmagent`: the specs of the VMs started here (for their NICs at stop),
@@ -206,7 +206,7 @@ impl VmHost<'_> {
                     &cache,
                     url,
                     disk.image_sha256.as_deref(),
-                    self.secret,
+                    self.image_client,
                 )
                 .map_err(unusable)?;
                 let fmt = disk.image_format.as_deref().unwrap_or("qcow2");
@@ -546,7 +546,7 @@ mod tests {
             templates: &templates,
             run_dir: PathBuf::from("/tmp"),
             console_dir: PathBuf::from("/var/log/zstack/vms"),
-            secret: "s",
+            image_client: &zstack_common::http_client::agent(Default::default()),
             domain_type: "qemu",
             state_dir: PathBuf::from("/tmp"),
             metadata: None,

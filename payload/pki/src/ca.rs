@@ -133,11 +133,13 @@ impl CloudCa {
                 source,
             },
         )?;
-        write_private(
-            &dir.join("ca.key"),
-            self.issuer.key().serialize_pem().as_bytes(),
-        )?;
+        write_private(&dir.join("ca.key"), self.key_pem().as_bytes())?;
         write_public(&dir.join("ca.pem"), self.cert_pem.as_bytes())
+    }
+
+    /// The CA's private key (PEM), as `ca.key` holds it.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     pub fn cloud_id(&self) -> &str {

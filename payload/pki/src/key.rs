@@ -49,6 +49,10 @@ impl PrivateKey {
         Ok(key)
     }
 
+    pub(crate) fn pair(&self) -> &KeyPair {
+        &self.pair
+    }
+
     /// The key in PKCS#8 PEM.
     pub fn pem(&self) -> String {
         self.pair.serialize_pem()

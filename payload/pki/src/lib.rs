@@ -16,6 +16,7 @@ mod ca;
 mod files;
 pub mod join_token;
 mod key;
+mod machine;
 pub mod tls;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use std::net::IpAddr;
 pub use ca::{CloudCa, RevokedCertificate};
 pub use files::write_private;
 pub use key::PrivateKey;
+pub use machine::MachinePki;
 
 /// What went wrong with a key, a certificate or a request.
 #[derive(Debug, thiserror::Error)]

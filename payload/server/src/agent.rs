@@ -1,6 +1,7 @@
 //! How the management node drives a host: one trait, [`HostAgent`], with two host types behind it.
 //!
-//! - `KVM`: the `zstack-kvmagent` on the host, JSON over HTTP with the install-time secret.
+//! - `KVM`: the `zstack-kvmagent` on the host, JSON over HTTPS with mutual TLS (the node's
+//!   certificate; the agent's checked against the cloud's CA, see `trust`).
 //! - `Simulator`: a built-in host type whose hypervisor is a table (`simulator_host`,
 //!   `simulator_vm`). It accepts every agent call in memory and keeps the VMs it "runs" across a
 //!   restart of the management node, as a real host does. It is what scale tests run against, and
@@ -18,7 +19,6 @@ use zstack_common::agent_proto::{
     self as proto, path, AgentErrorBody, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm,
     StorageCapacity, VmRef, VmReport, VmSpec, VolumeAttachment,
 };
-use zstack_common::health::AGENT_SECRET_HEADER;
 
 use crate::error::ApiError;
 
@@ -78,21 +78,22 @@ pub trait HostAgent {
 /// The `zstack-kvmagent` on a KVM host.
 pub struct KvmAgentClient {
     addr: String,
-    secret: String,
     agent: ureq::Agent,
 }
 
 impl KvmAgentClient {
-    pub fn new(ip: &str, port: u16, secret: &str) -> Self {
+    pub fn new(ip: &str, port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
         KvmAgentClient {
             addr: format!("{ip}:{port}"),
-            secret: secret.to_string(),
             // Starting a VM includes copying its image; the read timeout leaves room for that.
-            agent: zstack_common::http_client::agent(zstack_common::http_client::Timeouts {
-                connect: Some(Duration::from_secs(5)),
-                read: Some(Duration::from_secs(600)),
-                whole: None,
-            }),
+            agent: zstack_common::http_client::tls_agent(
+                zstack_common::http_client::Timeouts {
+                    connect: Some(Duration::from_secs(5)),
+                    read: Some(Duration::from_secs(600)),
+                    whole: None,
+                },
+                tls,
+            ),
         }
     }
 
@@ -101,12 +102,8 @@ impl KvmAgentClient {
         path: &str,
         body: &B,
     ) -> Result<R, AgentError> {
-        let url = format!("http://{}{path}", self.addr);
-        let resp = self
-            .agent
-            .post(&url)
-            .set(AGENT_SECRET_HEADER, &self.secret)
-            .send_json(body);
+        let url = format!("https://{}{path}", self.addr);
+        let resp = self.agent.post(&url).send_json(body);
         let resp = match resp {
             Ok(r) => r,
             Err(ureq::Error::Status(404, _)) => {
@@ -285,6 +282,7 @@ impl HostAgent for SimulatorHost<'_> {
             libvirt_version: None,
             qemu_version: None,
             vms: Some(vms),
+            certificate_serial: None,
         })
     }
     fn ping(&self) -> Result<(), AgentError> {

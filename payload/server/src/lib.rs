@@ -10,10 +10,12 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod globalconfig;
+pub mod host_channel;
 pub mod job;
 pub mod login_limit;
 pub mod query;
 pub mod resources;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,11 +57,11 @@ pub struct Node {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// When the host tracker last refreshed primary storage capacities.
     pub capacity_refreshed: Mutex<Option<std::time::Instant>>,
-    /// The secret agents require (`kvmagent.secret`).
-    pub agent_secret: Option<String>,
+    /// The cloud's CA and this node's certificates (None for a release before the CA).
+    pub trust: Option<trust::CloudTrust>,
     /// The port KVM agents listen on unless a host says otherwise.
     pub agent_port: u16,
-    /// `http://<management.server.ip>:<port>`, where agents fetch images.
+    /// `https://<management.server.ip>:<host channel port>`, where agents fetch images.
     pub base_url: String,
     /// Where AddImage may read local files from (`image.sourceDirectories`).
     pub image_source_dirs: Vec<std::path::PathBuf>,
@@ -81,9 +83,7 @@ impl Node {
                 host_uuid: host.uuid.clone(),
             })),
             "KVM" => {
-                let secret = self.agent_secret.as_deref().ok_or_else(|| {
-                    ApiError::wrong_state("kvmagent.secret is not set in zstack.properties")
-                })?;
+                let tls = self.trust()?.agent_tls();
                 let port = host
                     .agent_port
                     .and_then(|p| u16::try_from(p).ok())
@@ -91,7 +91,7 @@ impl Node {
                 Ok(Box::new(KvmAgentClient::new(
                     &host.management_ip,
                     port,
-                    secret,
+                    tls,
                 )))
             }
             other => Err(ApiError::internal(format!(
@@ -99,6 +99,17 @@ impl Node {
                 host.uuid
             ))),
         }
+    }
+
+    /// The cloud's trust, or why KVM hosts cannot be driven without it.
+    pub fn trust(&self) -> Result<&trust::CloudTrust, ApiError> {
+        self.trust.as_ref().ok_or_else(|| {
+            ApiError::wrong_state(
+                "this management node has no certificate (/etc/zstack/pki/management-node.pem), \
+                 so it cannot drive KVM hosts; run the installer of this release again to make \
+                 the cloud's certificates",
+            )
+        })
     }
 
     /// A connection for reading.
@@ -115,7 +126,7 @@ impl Node {
 pub struct NodeConfig {
     pub release: semver::Version,
     pub db_path: std::path::PathBuf,
-    pub agent_secret: Option<String>,
+    pub trust: Option<trust::CloudTrust>,
     pub agent_port: u16,
     pub base_url: String,
     pub image_source_dirs: Vec<std::path::PathBuf>,
@@ -135,7 +146,7 @@ impl Node {
             logins: auth::Logins::default(),
             stopping: tokio::sync::watch::channel(false).0,
             capacity_refreshed: Mutex::new(None),
-            agent_secret: config.agent_secret,
+            trust: config.trust,
             agent_port: config.agent_port,
             base_url: config.base_url,
             image_source_dirs: config.image_source_dirs,
@@ -150,7 +161,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apis", get(api_reference))
         .route("/v1/api/:name", post(call_api))
         .route("/v1/api-jobs/:uuid", get(get_job))
-        .route("/v1/images/:uuid/download", get(download_image))
         .with_state(node)
 }
 
@@ -245,6 +255,15 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         recover(&conn, &version, log).map_err(|e| anyhow::anyhow!(e.message))?;
     }
 
+    let trust = trust::CloudTrust::load(layout)?;
+    if trust.is_none() && tracks_hosts {
+        log.warn(
+            "no management node certificate in /etc/zstack/pki: KVM hosts cannot be driven \
+             until the installer makes the cloud's certificates",
+        );
+    }
+    let host_tls_port =
+        zstack_common::service::host_tls_port(&props).map_err(anyhow::Error::msg)?;
     let ip = props
         .get(keys::MANAGEMENT_IP)
         .filter(|s| !s.is_empty())
@@ -253,12 +272,9 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         NodeConfig {
             release: version,
             db_path: db_path.clone(),
-            agent_secret: props
-                .get(keys::AGENT_SECRET)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            trust,
             agent_port,
-            base_url: format!("http://{ip}:{port}"),
+            base_url: format!("https://{ip}:{host_tls_port}"),
             image_source_dirs: props
                 .get(keys::IMAGE_SOURCE_DIRECTORIES)
                 .unwrap_or("")
@@ -284,12 +300,22 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
             log.clone(),
         )?;
     }
-    let app = router(node.clone());
-    zstack_http::serve_until_signal(
+    let mut endpoints = vec![zstack_http::Endpoint {
+        port,
+        listen: zstack_http::Listen::Plain,
+        app: router(node.clone()),
+    }];
+    if let Some(trust) = &node.trust {
+        endpoints.push(zstack_http::Endpoint {
+            port: host_tls_port,
+            listen: zstack_http::Listen::Tls(trust.host_listener()),
+            app: host_channel::router(node.clone()),
+        });
+    }
+    zstack_http::serve_endpoints_until_signal(
         Service::Server,
         &release.version,
-        port,
-        app,
+        endpoints,
         log,
         move || {
             node.stopping.send_replace(true);
@@ -523,79 +549,6 @@ fn run_job(node: Arc<Node>, uuid: String, job: job::Job) {
             let _ = node.jobs.finish(&c, &uuid, &Err(err));
         }
     });
-}
-
-/// `GET /v1/images/<uuid>/download`: an image's file, for agents (the install-time secret in
-/// `X-ZStack-Agent-Secret`), streamed from the backup storage.
-async fn download_image(
-    State(node): State<Arc<Node>>,
-    UrlPath(uuid): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    let given = headers
-        .get(zstack_common::health::AGENT_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let allowed = match (&node.agent_secret, given) {
-        (Some(secret), Some(g)) => {
-            zstack_common::secret::constant_time_eq(g.as_bytes(), secret.as_bytes())
-        }
-        _ => false,
-    };
-    if !allowed {
-        return ApiError::unauthorized(format!(
-            "image downloads are for agents: send the agent secret in {}",
-            zstack_common::health::AGENT_SECRET_HEADER
-        ))
-        .into_response();
-    }
-    let lookup = {
-        let node = node.clone();
-        let uuid = uuid.clone();
-        tokio::task::spawn_blocking(move || -> Result<(String, i64), ApiError> {
-            use rusqlite::OptionalExtension;
-            let conn = node.reader()?;
-            let row: Option<(Option<String>, String, i64)> = conn
-                .query_row(
-                    "SELECT install_path, status, actual_size FROM image WHERE uuid = ?1",
-                    [&uuid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            match row {
-                Some((Some(p), s, size)) if s == "Ready" => Ok((p, size)),
-                Some((_, s, _)) => Err(ApiError::wrong_state(format!("image {uuid} is {s}"))),
-                None => Err(ApiError::not_found("Image", &uuid)),
-            }
-        })
-        .await
-    };
-    let (path, size) = match lookup {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return e.into_response(),
-        Err(e) => return ApiError::internal(e.to_string()).into_response(),
-    };
-    match tokio::fs::File::open(&path).await {
-        Ok(f) => {
-            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                f,
-                1 << 20,
-            ));
-            (
-                [
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/octet-stream".to_string(),
-                    ),
-                    (axum::http::header::CONTENT_LENGTH, size.to_string()),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Err(e) => {
-            ApiError::internal(format!("cannot read image {uuid} at {path}: {e}")).into_response()
-        }
-    }
 }
 
 #[derive(serde::Deserialize)]

@@ -1,7 +1,7 @@
 //! The management node's own SSH key: ed25519, `id_ed25519` (0600) and `id_ed25519.pub`, made
 //! at install. Hosts get its public line in root's authorized_keys when they join.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
@@ -29,23 +29,38 @@ impl NodeKey {
             let key = PrivateKey::from_openssh(text).map_err(|e| key_err(&path, e))?;
             return Ok(NodeKey { key });
         }
+        let node = NodeKey::generate()?;
+        std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e))?;
+        for (name, contents, mode) in node.files()? {
+            write_new(&dir.join(name), contents.as_bytes(), mode)?;
+        }
+        Ok(node)
+    }
+
+    /// A new key (not written anywhere).
+    pub fn generate() -> Result<NodeKey, SshError> {
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| key_err(&path, e))?;
+        getrandom::getrandom(&mut seed).map_err(|e| key_err(Path::new("id_ed25519"), e))?;
         let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
         key.set_comment("zstack-management-node");
-        let node = NodeKey { key };
-        std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e))?;
-        let private = node
+        Ok(NodeKey { key })
+    }
+
+    /// The files the key is kept in, with their modes: `id_ed25519` (0600) and
+    /// `id_ed25519.pub` (0644).
+    pub fn files(&self) -> Result<[(&'static str, String, u32); 2], SshError> {
+        let private = self
             .key
             .to_openssh(LineEnding::LF)
-            .map_err(|e| key_err(&path, e))?;
-        write_new(&path, private.as_bytes(), 0o600)?;
-        write_new(
-            &PathBuf::from(format!("{}.pub", path.display())),
-            format!("{}\n", node.public_line()?).as_bytes(),
-            0o644,
-        )?;
-        Ok(node)
+            .map_err(|e| key_err(Path::new("id_ed25519"), e))?;
+        Ok([
+            ("id_ed25519", private.to_string(), 0o600),
+            (
+                "id_ed25519.pub",
+                format!("{}\n", self.public_line()?),
+                0o644,
+            ),
+        ])
     }
 
     /// `ssh-ed25519 AAAA... zstack-management-node`, as authorized_keys takes it.

@@ -120,6 +120,7 @@ pub const HOST: Table = Table {
         ("virtualizationReason", "virtualization_reason"),
         ("libvirtVersion", "libvirt_version"),
         ("qemuVersion", "qemu_version"),
+        ("certificateSerial", "certificate_serial"),
         ("state", "state"),
         ("status", "status"),
         ("statusReason", "status_reason"),
@@ -237,13 +238,7 @@ fn connect_new_host(uuid: String) -> Job {
 }
 
 fn add_kvm_host(c: &Call) -> Result<Job, ApiError> {
-    if c.node.agent_secret.is_none() {
-        return Err(ApiError::wrong_state(
-            "kvmagent.secret is not set in zstack.properties; the management node cannot \
-             authenticate to agents. Set it (zstack-ctl configure kvmagent.secret=...) to the \
-             secret of the hosts' agents and restart",
-        ));
-    }
+    c.node.trust()?;
     let uuid = add_host(c, "KVM")?;
     Ok(connect_new_host(uuid))
 }
@@ -308,6 +303,11 @@ fn delete_host(c: &Call) -> Result<Value, ApiError> {
         ))
         .field("uuid"));
     }
+    let (ip, serial): (String, Option<String>) = c.conn.query_row(
+        "SELECT management_ip, certificate_serial FROM host WHERE uuid = ?1",
+        [uuid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let tx = c.conn.unchecked_transaction()?;
     tx.execute(
         "UPDATE vm_instance SET last_host_uuid = NULL WHERE last_host_uuid = ?1",
@@ -315,7 +315,15 @@ fn delete_host(c: &Call) -> Result<Value, ApiError> {
     )?;
     tx.execute("DELETE FROM simulator_host WHERE host_uuid = ?1", [uuid])?;
     tx.execute("DELETE FROM host WHERE uuid = ?1", [uuid])?;
+    // The host's certificate is refused from now on: by serial at once (the host channel takes
+    // only serials of host rows), and by the CA's revocation list everywhere.
+    if let Some(serial) = &serial {
+        crate::trust::record_revocation(&tx, serial, uuid, &ip)?;
+    }
     tx.commit()?;
+    if let (Some(_), Some(trust)) = (&serial, &c.node.trust) {
+        trust.publish_revocations(c.conn)?;
+    }
     Ok(json!({}))
 }
 
@@ -350,7 +358,8 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
             tx.execute(
                 "UPDATE host SET total_cpu = ?2, total_memory = ?3, status = 'Connected',
                         status_reason = NULL, virtualization = ?5, libvirt_version = ?6,
-                        qemu_version = ?7, virtualization_reason = ?8, last_op_date = ?4
+                        qemu_version = ?7, virtualization_reason = ?8, last_op_date = ?4,
+                        certificate_serial = coalesce(?9, certificate_serial)
                         WHERE uuid = ?1",
                 params![
                     uuid,
@@ -360,7 +369,8 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
                     facts.hypervisor,
                     facts.libvirt_version,
                     facts.qemu_version,
-                    facts.virtualization_reason
+                    facts.virtualization_reason,
+                    facts.certificate_serial
                 ],
             )?;
             recompute_capacity(&tx, uuid)?;

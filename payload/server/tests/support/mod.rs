@@ -64,7 +64,7 @@ impl TestNode {
             NodeConfig {
                 release,
                 db_path,
-                agent_secret: None,
+                trust: None,
                 agent_port: 7070,
                 base_url: "http://127.0.0.1:1".into(),
                 image_source_dirs,
