@@ -49,6 +49,7 @@ bench:
 	bash scripts/bench-scale.sh
 	bash scripts/bench-metadata.sh
 	bash scripts/bench-eip.sh
+	bash scripts/bench-join.sh
 	bash scripts/bench-dashboard.sh
 	bash scripts/bench-cloud-guest.sh
 

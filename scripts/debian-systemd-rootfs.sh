@@ -8,7 +8,7 @@ set -euo pipefail
 DEST=${1:?usage: $0 DEST}
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,cron,iproute2,procps,openssh-server,qemu-utils,qemu-system-x86,libvirt-daemon-system,dnsmasq-base,nftables,curl,ca-certificates
+PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,cron,iproute2,procps,openssh-server,qemu-utils,qemu-system-x86,libvirt-daemon-system,libvirt-clients,dnsmasq-base,nftables,iputils-arping,curl,ca-certificates
 CACHE=/var/cache/zstack-tests
 key=$(printf '%s %s' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-16)
 tarball=$CACHE/$SUITE-systemd-$key.tar

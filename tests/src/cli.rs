@@ -87,13 +87,19 @@ pub struct Stack {
 }
 
 pub fn install() -> Stack {
+    install_with_ip("127.0.0.1")
+}
+
+/// Installs with the management node at `ip` (`-I`), an address of this machine that hosts of
+/// the test (containers on a test bridge) reach it at.
+pub fn install_with_ip(ip: &str) -> Stack {
     require_root();
     assert!(
         !installed_on_host(),
         "ZStack is already installed on this host; this test installs for real and removes it afterwards"
     );
     let guard = HostInstallGuard;
-    let out = ok(bin_cmd(&bin_path("1.2.0"), &["-I", "127.0.0.1", "--json"]));
+    let out = ok(bin_cmd(&bin_path("1.2.0"), &["-I", ip, "--json"]));
     let summary: Value = serde_json::from_str(&out).unwrap();
     let password = summary["admin_password"].as_str().unwrap().to_string();
     let cli = Cli::new();

@@ -174,6 +174,7 @@ fn wait_for_job(client: &Client, accepted: &Value) -> anyhow::Result<Outcome> {
     if std::io::stderr().is_terminal() {
         eprintln!("waiting for job {uuid}...");
     }
+    let mut shown: Vec<(String, String)> = Vec::new();
     loop {
         let asked = Instant::now();
         let answer = client
@@ -186,6 +187,7 @@ fn wait_for_job(client: &Client, accepted: &Value) -> anyhow::Result<Outcome> {
         let Some(job) = body.get("job") else {
             bail!("job {uuid}: the answer has no job: {body}");
         };
+        show_new_steps(job, &mut shown);
         match job.get("state").and_then(Value::as_str) {
             Some("Succeeded") => {
                 return Ok(Outcome::Success(match job.get("result") {
@@ -211,6 +213,34 @@ fn wait_for_job(client: &Client, accepted: &Value) -> anyhow::Result<Outcome> {
             }
             None => bail!("job {uuid}: the answer has no state: {body}"),
         }
+    }
+}
+
+/// Prints (on stderr) each step of a job not printed yet, or that moved on since.
+fn show_new_steps(job: &Value, shown: &mut Vec<(String, String)>) {
+    let Some(steps) = job.get("steps").and_then(Value::as_array) else {
+        return;
+    };
+    for step in steps {
+        let text = |k: &str| {
+            step.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (name, state) = (text("name"), text("state"));
+        if shown.iter().any(|(n, s)| *n == name && *s == state) {
+            continue;
+        }
+        let mark = match (state.as_str(), step.get("changed").and_then(Value::as_bool)) {
+            ("Running", _) => "...",
+            ("Failed", _) => "FAILED",
+            (_, Some(true)) => "changed",
+            _ => "ok",
+        };
+        eprintln!("  {name:<12} {mark:<8} {}", text("message"));
+        shown.retain(|(n, _)| *n != name);
+        shown.push((name, state));
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod configure;
 pub mod cron;
+pub mod host_certificate;
 pub mod lifecycle;
 pub mod restore;
 pub mod server_files;
@@ -112,6 +113,18 @@ enum Cmd {
     /// Add the periodic dump_mysql line to root's crontab, unless one is there.
     #[command(name = "install_cron")]
     InstallCron,
+    /// Make this host's key (/etc/zstack/pki/host.key) if it has none and print a certificate
+    /// request for the host at IP (run by the management node while it adds the host).
+    #[command(name = "host_certificate_request")]
+    HostCertificateRequest {
+        /// The address the management node reaches this host at.
+        #[arg(long)]
+        ip: String,
+    },
+    /// Install this host's certificate: reads {"certificate": PEM, "ca": PEM} on standard input,
+    /// checks it is for this host's key and of that CA's cloud, and prints its serial.
+    #[command(name = "host_certificate_install")]
+    HostCertificateInstall,
     /// Run one service in the foreground and restart it when it dies (used where systemd is not PID 1).
     #[command(hide = true)]
     Supervise { service: String },
@@ -252,6 +265,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("root's crontab already runs dump_mysql, left as it is: {line}")
                     }
                 }
+            }
+        }
+        Cmd::HostCertificateRequest { ip } => {
+            let r = host_certificate::request(&layout, &ip)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "request": r.request, "certificate": r.certificate})
+                );
+            } else {
+                print!("{}", r.request);
+            }
+        }
+        Cmd::HostCertificateInstall => {
+            let serial = host_certificate::install(&layout, std::io::stdin().lock())?;
+            if json {
+                println!("{}", json!({"ok": true, "serial": serial}));
+            } else {
+                println!("{serial}");
             }
         }
         Cmd::Supervise { service } => lifecycle::supervise(&layout, parse_service(&service)?)?,

@@ -146,6 +146,11 @@ impl CloudCa {
         &self.cloud_id
     }
 
+    /// The organisation every certificate of this cloud names (`ZStack cloud <cloud id>`).
+    pub fn organisation(&self) -> String {
+        organisation(&self.cloud_id)
+    }
+
     pub fn certificate_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -232,7 +232,9 @@ pub fn reference_markdown() -> String {
          noted, `Authorization: OAuth <session uuid>` from `LogInByAccount`. Synchronous calls \
          answer `200` with the result. Calls marked *job* answer `202 {\"jobUuid\", \"location\"}`; \
          `GET /v1/api-jobs/<uuid>?wait=<seconds>` returns `{\"job\": {\"state\": \
-         \"Running|Succeeded|Failed\", \"result\", \"error\"}}` as soon as the job ends. Errors are \
+         \"Running|Succeeded|Failed\", \"result\", \"error\", \"steps\"}}` as soon as the job ends \
+         or records a step (`steps`: `{name, state, changed, message, time}` of a job that reports \
+         them, such as AddKVMHost over SSH). Errors are \
          `{\"error\": {\"code\", \"message\", \"field\"}}`.\n\n\
          Queries take conditions `{name, op, value}` with `= != > >= < <= ~= !~= ?= !?= is null \
          not null`, and `fields`, `limit`, `start`, `count`, `sortBy`, `sortDirection`.\n",

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::Node;
 
-pub type JobRun = Box<dyn FnOnce(&Node) -> Result<Value, ApiError> + Send>;
+pub type JobRun = Box<dyn FnOnce(&Node, &Steps) -> Result<Value, ApiError> + Send>;
 
 /// The slow part of an asynchronous call.
 pub struct Job {
@@ -33,8 +33,103 @@ impl Job {
     ) -> Job {
         Job {
             resource_uuid,
+            run: Box::new(move |node, _| run(node)),
+        }
+    }
+
+    /// A job that reports named steps as it goes ([`Steps::record`]).
+    pub fn with_steps(
+        resource_uuid: Option<String>,
+        run: impl FnOnce(&Node, &Steps) -> Result<Value, ApiError> + Send + 'static,
+    ) -> Job {
+        Job {
+            resource_uuid,
             run: Box::new(run),
         }
+    }
+}
+
+/// Where a step of a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StepState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One step of a job, as `QueryJob` and the job's result show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub state: StepState,
+    /// For a step that ended: whether it changed the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    pub message: String,
+    pub time: String,
+}
+
+/// The steps of one running job, written to its row (`job.steps`) as they happen.
+pub struct Steps {
+    job_uuid: Option<String>,
+    list: Mutex<Vec<Step>>,
+}
+
+impl Steps {
+    pub fn new(job_uuid: Option<String>) -> Steps {
+        Steps {
+            job_uuid,
+            list: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records step `name` (replacing what was said about it before) and writes the job's steps.
+    /// A step the record cannot be written for is logged, never a reason to fail the job.
+    pub fn record(
+        &self,
+        node: &Node,
+        name: &str,
+        state: StepState,
+        changed: Option<bool>,
+        message: &str,
+    ) {
+        let text = {
+            let Ok(mut list) = self.list.lock() else {
+                return;
+            };
+            let step = Step {
+                name: name.to_string(),
+                state,
+                changed,
+                message: message.to_string(),
+                time: crate::auth::now(),
+            };
+            match list.iter_mut().find(|s| s.name == name) {
+                Some(s) => *s = step,
+                None => list.push(step),
+            }
+            serde_json::to_string(&*list).unwrap_or_else(|_| "[]".into())
+        };
+        let Some(uuid) = &self.job_uuid else { return };
+        let written = node.db().and_then(|c| {
+            c.execute(
+                "UPDATE job SET steps = ?2, last_op_date = ?3 WHERE uuid = ?1",
+                params![uuid, text, crate::auth::now()],
+            )
+            .map_err(ApiError::from)
+        });
+        match written {
+            Ok(_) => node.jobs.notify(uuid),
+            Err(e) => node.log.warn(&format!(
+                "job {uuid}: cannot record step {name}: {}",
+                e.message
+            )),
+        }
+    }
+
+    /// The steps so far.
+    pub fn list(&self) -> Vec<Step> {
+        self.list.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -91,7 +186,16 @@ impl JobBoard {
         Ok(())
     }
 
-    /// A receiver that wakes when the job ends; `None` when this process does not run it.
+    /// Wakes whoever waits on a running job (a step of it was recorded).
+    pub fn notify(&self, uuid: &str) {
+        if let Ok(running) = self.running.lock() {
+            if let Some(tx) = running.get(uuid) {
+                tx.send_replace(());
+            }
+        }
+    }
+
+    /// A receiver that wakes when the job ends or records a step; `None` when this process does not run it.
     pub fn subscribe(&self, uuid: &str) -> Option<watch::Receiver<()>> {
         self.running
             .lock()
@@ -104,7 +208,8 @@ impl JobBoard {
 pub fn read(conn: &Connection, uuid: &str) -> Result<Value, ApiError> {
     let row = conn
         .query_row(
-            "SELECT uuid, api_name, state, resource_uuid, result, error, create_date, last_op_date
+            "SELECT uuid, api_name, state, resource_uuid, result, error, create_date, last_op_date,
+                    steps
                FROM job WHERE uuid = ?1",
             [uuid],
             |r| {
@@ -117,6 +222,7 @@ pub fn read(conn: &Connection, uuid: &str) -> Result<Value, ApiError> {
                     r.get::<_, Option<String>>(5)?,
                     r.get::<_, String>(6)?,
                     r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             },
         )
@@ -135,6 +241,10 @@ pub fn read(conn: &Connection, uuid: &str) -> Result<Value, ApiError> {
         "error": parse(row.5),
         "createDate": row.6,
         "lastOpDate": row.7,
+        "steps": match parse(row.8) {
+            Value::Null => json!([]),
+            steps => steps,
+        },
     }))
 }
 

@@ -531,7 +531,8 @@ fn run_job(node: Arc<Node>, uuid: String, job: job::Job) {
         let job_uuid = uuid.clone();
         let ran = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let outcome = (job.run)(&runner);
+            let steps = job::Steps::new(Some(job_uuid.clone()));
+            let outcome = (job.run)(&runner, &steps);
             runner
                 .db()
                 .and_then(|c| runner.jobs.finish(&c, &job_uuid, &outcome))
@@ -557,7 +558,7 @@ struct JobWait {
 }
 
 /// `GET /v1/api-jobs/<uuid>?wait=<seconds>`: the job; with `wait`, answers as soon as it ends
-/// (at most 60 s later).
+/// or records a step (at most 60 s later).
 async fn get_job(
     State(node): State<Arc<Node>>,
     UrlPath(uuid): UrlPath<String>,
@@ -583,7 +584,8 @@ async fn get_job(
     let wait = q.wait.unwrap_or(0).min(60);
     if job["state"] == "Running" && wait > 0 {
         if let Some(rx) = rx.as_mut() {
-            // The job ends (its sender is dropped), the wait runs out, or the node stops.
+            // The job ends (its sender is dropped) or records a step, the wait runs out, or the
+            // node stops.
             let mut stopping = node.stopping.subscribe();
             tokio::select! {
                 _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()) => {}

@@ -226,6 +226,7 @@ fn expand_job(
         let full = job::read(conn, &uuid)?;
         m.insert("result".into(), full["result"].clone());
         m.insert("error".into(), full["error"].clone());
+        m.insert("steps".into(), full["steps"].clone());
     }
     Ok(())
 }

@@ -11,16 +11,20 @@ use serde_json::{json, Value};
 use crate::api::{count, exists, inventory, one, opt, req, ApiSpec, Call, Handler, QUERY_PARAMS};
 use crate::auth;
 use crate::error::ApiError;
-use crate::job::Job;
+use crate::job::{Job, Steps};
 use crate::query::Table;
 use crate::Node;
 
 pub const APIS: &[ApiSpec] = &[
     ApiSpec {
         name: "AddKVMHost",
-        description: "Add a KVM host by the address of its zstack-kvmagent; the host is connected \
-                      (its CPUs, memory and VMs read) before the call ends. A host that cannot be \
-                      connected is not added",
+        description: "Add a KVM host. With username and password the management node logs in \
+                      over SSH once, installs its own key, checks the host, copies and installs \
+                      the agent of its own release, gives the host its certificate and starts \
+                      the agent (the job's steps show each); without them the host's agent must \
+                      already run with a certificate of this cloud. The host is connected (its \
+                      CPUs, memory and VMs read) before the call ends; a host that cannot be \
+                      deployed or connected is not added, and nothing is left on it",
         needs_session: true,
         params: &[
             req("name", "host name"),
@@ -34,6 +38,15 @@ pub const APIS: &[ApiSpec] = &[
                 "the agent's port (default kvmagent.port, 7070)",
             ),
             opt("description", "free text"),
+            opt(
+                "username",
+                "the user to log in as over SSH (root); with password",
+            ),
+            opt(
+                "password",
+                "its password, used once for this call and never stored",
+            ),
+            opt("sshPort", "the host's SSH port (default 22)"),
         ],
         handler: Handler::Async(add_kvm_host),
     },
@@ -90,7 +103,10 @@ pub const APIS: &[ApiSpec] = &[
     },
     ApiSpec {
         name: "ReconnectHost",
-        description: "Connect a host again: re-read its capacity and its VMs' states",
+        description:
+            "Connect a host again: re-read its capacity and its VMs' states. A host added \
+                      over SSH whose agent is of another release than the management node is \
+                      upgraded first (copy, install, start: the job's steps show each)",
         needs_session: true,
         params: &[req("uuid", "the host")],
         handler: Handler::Async(reconnect_host),
@@ -220,27 +236,39 @@ fn add_host(c: &Call, hypervisor: &str) -> Result<String, ApiError> {
 /// The job of adding a host: connect it, or remove it again and say why.
 fn connect_new_host(uuid: String) -> Job {
     Job::new(Some(uuid.clone()), move |node: &Node| {
-        match connect(node, &uuid) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let conn = node.db()?;
-                let tx = conn.unchecked_transaction()?;
-                tx.execute("DELETE FROM simulator_host WHERE host_uuid = ?1", [&uuid])?;
-                tx.execute("DELETE FROM host WHERE uuid = ?1", [&uuid])?;
-                tx.commit()?;
-                Err(ApiError {
-                    message: format!("the host was not added: {}", e.message),
-                    ..e
-                })
-            }
-        }
+        connect(node, &uuid).map_err(|e| forget_new_host(node, &uuid, e))
     })
+}
+
+/// Removes the row of a host whose adding failed; the error the call then ends with.
+pub(super) fn forget_new_host(node: &Node, uuid: &str, e: ApiError) -> ApiError {
+    let removed = node.db().and_then(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM simulator_host WHERE host_uuid = ?1", [uuid])?;
+        tx.execute("DELETE FROM host WHERE uuid = ?1", [uuid])?;
+        tx.commit()?;
+        Ok(())
+    });
+    if let Err(r) = removed {
+        node.log.error(&format!(
+            "host {uuid}: cannot remove the row of a host that was not added: {}",
+            r.message
+        ));
+    }
+    ApiError {
+        message: format!("the host was not added: {}", e.message),
+        ..e
+    }
 }
 
 fn add_kvm_host(c: &Call) -> Result<Job, ApiError> {
     c.node.trust()?;
+    let login = super::host_join::given_login(c)?;
     let uuid = add_host(c, "KVM")?;
-    Ok(connect_new_host(uuid))
+    Ok(match login {
+        None => connect_new_host(uuid),
+        Some(login) => super::host_join::deploy_new_host(uuid, login),
+    })
 }
 
 fn add_simulator_host(c: &Call) -> Result<Job, ApiError> {
@@ -284,10 +312,14 @@ fn change_host_state(c: &Call) -> Result<Value, ApiError> {
 fn reconnect_host(c: &Call) -> Result<Job, ApiError> {
     let uuid = c.required("uuid")?.to_string();
     exists(c.conn, "host", "Host", &uuid, "uuid")?;
-    Ok(Job::new(Some(uuid.clone()), move |node: &Node| {
-        connect(node, &uuid)
-    }))
+    Ok(Job::with_steps(
+        Some(uuid.clone()),
+        move |node: &Node, steps: &Steps| super::host_join::reconnect(node, &uuid, steps),
+    ))
 }
+
+/// The code of a host whose agent is of another release than the management node.
+pub const AGENT_VERSION_MISMATCH: &str = "AGENT_VERSION_MISMATCH";
 
 fn delete_host(c: &Call) -> Result<Value, ApiError> {
     let uuid = c.required("uuid")?;
@@ -344,6 +376,23 @@ pub fn connect(node: &Node, uuid: &str) -> Result<Value, ApiError> {
         .agent(&host)
         .and_then(|a| Ok(a.connect()?))
         .and_then(|f| super::storage::check_from_host(node, &host).map(|_| f));
+    // An agent of another release is not driven: its API may differ from what this node sends.
+    let release = node.release.to_string();
+    let facts = facts.and_then(|f| {
+        if host.hypervisor_type == "KVM" && f.agent_version != release {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                AGENT_VERSION_MISMATCH,
+                format!(
+                    "the agent's version differs: it is release {}, the management node {release}; \
+                     ReconnectHost upgrades it on a host added over SSH (else run the \
+                     {release} installer with --host-only on the host)",
+                    f.agent_version
+                ),
+            ));
+        }
+        Ok(f)
+    });
     let conn = node.db()?;
     match facts {
         Err(e) => {

@@ -5,6 +5,8 @@ pub mod account;
 pub mod cluster;
 pub mod eip;
 pub mod host;
+pub mod host_deploy;
+pub mod host_join;
 pub mod image;
 pub mod network;
 pub mod storage;
