@@ -20,6 +20,86 @@ pub mod path {
     pub const DELETE_VOLUME: &str = "/volume/delete";
     pub const APPLY_EIP: &str = "/eip/apply";
     pub const REMOVE_EIP: &str = "/eip/remove";
+    pub const VM_CONSOLE_LOG: &str = "/vm/console-log";
+}
+
+/// The most bytes of a console log one answer of [`path::VM_CONSOLE_LOG`] carries.
+pub const CONSOLE_LOG_MAX_BYTES: u64 = 64 * 1024;
+
+/// Asks for a VM's serial console log from byte `offset` on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLogRequest {
+    pub uuid: String,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// A piece of a VM's console log: at most [`CONSOLE_LOG_MAX_BYTES`] from `offset`. A client
+/// follows the log by asking again from `next_offset`; `next_offset == size` means it has all
+/// there is for now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLog {
+    /// The bytes from `offset` to `next_offset` as text (bytes that are not UTF-8 shown as
+    /// U+FFFD; a character cut by the bound is left for the next piece).
+    pub text: String,
+    /// Where `text` starts: the offset asked, or 0 when `restarted`.
+    pub offset: u64,
+    pub next_offset: u64,
+    /// The log's size now, bytes.
+    pub size: u64,
+    /// The log is shorter than the offset asked (it was truncated or rotated): this piece
+    /// starts again at 0.
+    pub restarted: bool,
+    /// Who wrote the log, when it is not the VM's own serial console (a simulator host).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl ConsoleLog {
+    /// The piece starting at `start` of a log of `size` bytes, given the log's bytes from
+    /// `start` on (`from_start`, which may be longer than the bound).
+    pub fn piece(from_start: &[u8], start: u64, size: u64) -> ConsoleLog {
+        let limit = usize::try_from(CONSOLE_LOG_MAX_BYTES).unwrap_or(usize::MAX);
+        let mut bytes = &from_start[..from_start.len().min(limit)];
+        // A multi-byte character cut at the end waits for the next piece (unless it is all
+        // there is, so a client always moves on).
+        if let Err(e) = std::str::from_utf8(bytes) {
+            if e.error_len().is_none() && e.valid_up_to() > 0 {
+                bytes = &bytes[..e.valid_up_to()];
+            }
+        }
+        ConsoleLog {
+            text: String::from_utf8_lossy(bytes).into_owned(),
+            offset: start,
+            next_offset: start + bytes.len() as u64,
+            size,
+            restarted: false,
+            source: None,
+        }
+    }
+
+    /// Where to read from for a request from `offset` on a log of `size` bytes, and whether
+    /// that restarts the log (it is shorter than the offset: truncated or rotated).
+    pub fn start_of(offset: u64, size: u64) -> (u64, bool) {
+        if offset > size {
+            (0, true)
+        } else {
+            (offset, false)
+        }
+    }
+
+    /// The answer for a request from `offset` on a log held whole in memory.
+    pub fn of_bytes(log: &[u8], offset: u64) -> ConsoleLog {
+        let size = log.len() as u64;
+        let (start, restarted) = ConsoleLog::start_of(offset, size);
+        let from = usize::try_from(start).unwrap_or(log.len()).min(log.len());
+        ConsoleLog {
+            restarted,
+            ..ConsoleLog::piece(&log[from..], start, size)
+        }
+    }
 }
 
 /// The answer to [`path::CONNECT`]: what the host has, and the VMs it runs when the agent manages
@@ -235,4 +315,54 @@ pub struct AgentErrorBody {
 pub struct AgentErrorDetail {
     pub code: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_log_is_answered_in_bounded_pieces_from_the_offset() {
+        let log = vec![b'x'; 150 * 1024];
+        let first = ConsoleLog::of_bytes(&log, 0);
+        assert_eq!(first.text.len() as u64, CONSOLE_LOG_MAX_BYTES);
+        assert_eq!(
+            (first.offset, first.next_offset, first.size),
+            (0, CONSOLE_LOG_MAX_BYTES, 150 * 1024)
+        );
+        let mut offset = first.next_offset;
+        let mut pieces = 1;
+        while offset < log.len() as u64 {
+            let p = ConsoleLog::of_bytes(&log, offset);
+            assert!(!p.restarted);
+            assert_eq!(p.offset, offset);
+            offset = p.next_offset;
+            pieces += 1;
+        }
+        assert_eq!((offset, pieces), (150 * 1024, 3));
+        let end = ConsoleLog::of_bytes(&log, offset);
+        assert_eq!((end.text.as_str(), end.next_offset), ("", offset));
+    }
+
+    #[test]
+    fn an_offset_past_the_end_restarts_at_zero() {
+        let p = ConsoleLog::of_bytes(b"after rotation\n", 5000);
+        assert!(p.restarted);
+        assert_eq!((p.offset, p.next_offset, p.size), (0, 15, 15));
+        assert_eq!(p.text, "after rotation\n");
+    }
+
+    #[test]
+    fn a_character_cut_by_the_bound_waits_for_the_next_piece() {
+        let mut log = vec![b'a'; CONSOLE_LOG_MAX_BYTES as usize - 1];
+        log.extend("é and more".as_bytes());
+        let first = ConsoleLog::of_bytes(&log, 0);
+        assert_eq!(first.next_offset, CONSOLE_LOG_MAX_BYTES - 1);
+        assert!(!first.text.contains('\u{fffd}'));
+        let second = ConsoleLog::of_bytes(&log, first.next_offset);
+        assert_eq!(second.text, "é and more");
+        // Bytes that are not UTF-8 are shown, not dropped, and the offset moves on.
+        let bad = ConsoleLog::of_bytes(b"a\xffb", 0);
+        assert_eq!((bad.text.as_str(), bad.next_offset), ("a\u{fffd}b", 3));
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 mod config_page;
+mod console;
 mod forms;
 mod jobs;
 mod pages;
@@ -55,6 +56,7 @@ pub fn router(dashboard: Shared) -> Router {
         .route("/static/:file", get(render::asset))
         .route("/r/:kind", get(pages::list))
         .route("/r/:kind/:uuid", get(pages::detail))
+        .route("/console-log/:uuid", get(console::follow))
         .route("/call/:api", get(forms::form).post(forms::submit))
         .route("/jobs", get(jobs::list))
         .route("/jobs/:uuid", get(jobs::detail))

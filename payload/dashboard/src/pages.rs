@@ -508,13 +508,16 @@ pub async fn detail(authed: Authed, Path((slug, uuid)): Path<(String, String)>) 
                     }).collect::<Vec<_>>(),
                 }));
             }
-            if kind.slug == "vms" {
+            let console = if kind.slug == "vms" {
                 related.push(vm_eips(api, s, &inv)?);
-            }
-            Ok((inv, related))
+                Some(crate::console::section(api, s, &id))
+            } else {
+                None
+            };
+            Ok((inv, related, console))
         })
         .await;
-    let (inv, related) = match fetched {
+    let (inv, related, console) = match fetched {
         Ok(x) => x,
         Err(e) => return authed.failure(&e),
     };
@@ -557,6 +560,7 @@ pub async fn detail(authed: Authed, Path((slug, uuid)): Path<(String, String)>) 
     ctx["actions"] = json!(actions);
     ctx["back"] = json!(back);
     ctx["isVm"] = json!(kind.slug == "vms");
+    ctx["console"] = json!(console);
     authed.page("detail.html", &ctx)
 }
 

@@ -1,4 +1,4 @@
-// The dashboard's only script: live fragments and wizard steps. Pages work without it (every
+// The dashboard's only script: live fragments, VM console logs and wizard steps. Pages work without it (every
 // step of a wizard is then shown at once, and a job's page shows its state when loaded).
 "use strict";
 
@@ -30,6 +30,51 @@ function follow(el) {
     setTimeout(once, every);
   }
   once();
+}
+
+// An element with data-console-log="<url>" holds a VM's console log in its <pre>: the log is
+// asked again from data-offset every 1.5 s (at once while there is more), and what is new is
+// appended as text, never as markup. A log that was truncated or rotated starts again.
+const CONSOLE_KEPT = 1 << 20;
+function followConsole(el) {
+  const url = el.dataset.consoleLog;
+  const pre = el.querySelector("pre");
+  const status = el.querySelector("[aria-live]");
+  let offset = parseInt(el.dataset.offset || "0", 10);
+  const every = 1500;
+  async function once() {
+    let res, body;
+    try {
+      res = await fetch(url + "?offset=" + offset, { credentials: "same-origin", redirect: "manual" });
+      if (res.type === "opaqueredirect" || res.status === 401) {
+        window.location.reload();
+        return;
+      }
+      body = await res.json();
+    } catch (e) {
+      status.textContent = "The console log cannot be read now; trying again.";
+      setTimeout(once, every * 3);
+      return;
+    }
+    if (!res.ok) {
+      const err = body.error || {};
+      status.textContent = (err.message || "the console log cannot be read") + " (" + (err.code || res.status) + ")";
+      setTimeout(once, every * 3);
+      return;
+    }
+    status.textContent = "";
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    if (body.restarted) pre.textContent = "";
+    if (body.text) {
+      pre.appendChild(document.createTextNode(body.text));
+      if (pre.textContent.length > CONSOLE_KEPT) pre.textContent = pre.textContent.slice(-CONSOLE_KEPT);
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    }
+    offset = body.nextOffset;
+    el.dataset.offset = String(offset);
+    setTimeout(once, body.nextOffset < body.size ? 0 : every);
+  }
+  setTimeout(once, every);
 }
 
 // A form.wizard shows one fieldset.step at a time; Next checks the step's fields first.
@@ -80,5 +125,6 @@ function ipMode(form) {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live]").forEach(follow);
+  document.querySelectorAll("[data-console-log]").forEach(followConsole);
   document.querySelectorAll("form.wizard").forEach((f) => { ipMode(f); wizard(f); });
 });

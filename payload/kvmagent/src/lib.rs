@@ -7,12 +7,14 @@
 //!
 //! - `host.rs`: the host's tools (virsh, qemu-img, ip) behind one trait.
 //! - `vm.rs`: VMs as transient libvirt domains rendered from `templates/libvirt/`.
+//! - `console.rs`: VMs' serial console logs, read back in bounded pieces from an offset.
 //! - `storage.rs`: shared mount point checks, the image cache, volume files.
 //!
 //! The agent keeps no state of its own: the management node's database is the record, and a
 //! restart of the agent leaves every VM running (they are libvirt's processes).
 
 pub mod bridge;
+pub mod console;
 pub mod eip;
 pub mod file_error;
 pub mod flat;
@@ -35,8 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use zstack_common::agent_proto::{
-    path, CheckStorage, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm, VmRef, VmSpec,
-    VolumeAttachment,
+    path, CheckStorage, ConsoleLogRequest, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm,
+    VmRef, VmSpec, VolumeAttachment,
 };
 use zstack_common::health::Health;
 use zstack_common::logfile::LogFile;
@@ -138,6 +140,7 @@ fn serve(layout: &Layout, log: &LogFile) -> anyhow::Result<()> {
         .route(path::STOP_VM, post(stop_vm))
         .route(path::REBOOT_VM, post(reboot_vm))
         .route(path::DESTROY_VM, post(destroy_vm))
+        .route(path::VM_CONSOLE_LOG, post(vm_console_log))
         .route(path::ATTACH_VOLUME, post(attach_volume))
         .route(path::DETACH_VOLUME, post(detach_volume))
         .route(path::DELETE_VOLUME, post(delete_volume))
@@ -368,7 +371,7 @@ async fn blocking(
                 | "CACHE_MODE_UNSUPPORTED"
                 | "STORAGE_UNUSABLE"
                 | "BRIDGE_NEEDS_SETUP" => StatusCode::BAD_REQUEST,
-                "VM_NOT_RUNNING" => StatusCode::CONFLICT,
+                "VM_NOT_RUNNING" | "VM_UNKNOWN" => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             refuse(status, r.code, r.message)
@@ -416,6 +419,18 @@ async fn destroy_vm(State(state): State<Arc<AgentState>>, Json(req): Json<Destro
         st.vm_host().destroy(&req)?;
         st.log.info(&format!("VM {} destroyed", req.uuid));
         done()
+    })
+    .await
+}
+
+/// The VM's serial console log from an offset, at most 64 KiB (see `console.rs`).
+async fn vm_console_log(
+    State(state): State<Arc<AgentState>>,
+    Json(req): Json<ConsoleLogRequest>,
+) -> Response {
+    blocking(state, move |st| {
+        let log = st.vm_host().console_log(&req)?;
+        serde_json::to_value(log).map_err(|e| Refusal::new("INTERNAL_ERROR", e))
     })
     .await
 }

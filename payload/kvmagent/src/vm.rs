@@ -123,7 +123,7 @@ struct NicView {
 }
 
 /// Our domains are named by the VM's uuid: 32 hex digits.
-fn is_vm_name(name: &str) -> bool {
+pub fn is_vm_name(name: &str) -> bool {
     name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -251,7 +251,7 @@ impl VmHost<'_> {
     ) -> Result<String, Refusal> {
         let mut disks = vec![DiskView::of(&spec.root_volume)];
         disks.extend(spec.data_volumes.iter().map(DiskView::of));
-        let console = self.console_dir.join(format!("{}.console.log", spec.uuid));
+        let console = self.console_file(&spec.uuid);
         self.templates
             .render(
                 "libvirt/domain.xml.tera",

@@ -16,8 +16,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zstack_common::agent_proto::{
-    self as proto, path, AgentErrorBody, DeleteVolume, DestroyVm, EipSpec, HostFacts, StopVm,
-    StorageCapacity, VmRef, VmReport, VmSpec, VolumeAttachment,
+    self as proto, path, AgentErrorBody, ConsoleLog, ConsoleLogRequest, DeleteVolume, DestroyVm,
+    EipSpec, HostFacts, StopVm, StorageCapacity, VmRef, VmReport, VmSpec, VolumeAttachment,
 };
 
 use crate::error::ApiError;
@@ -73,6 +73,9 @@ pub trait HostAgent {
     fn delete_volume(&self, install_path: &str) -> Result<(), AgentError>;
     fn apply_eip(&self, eip: &EipSpec) -> Result<(), AgentError>;
     fn remove_eip(&self, eip: &EipSpec) -> Result<(), AgentError>;
+    /// A VM's serial console log from an offset, at most
+    /// [`proto::CONSOLE_LOG_MAX_BYTES`] per answer.
+    fn console_log(&self, req: &ConsoleLogRequest) -> Result<ConsoleLog, AgentError>;
 }
 
 /// The `zstack-kvmagent` on a KVM host.
@@ -189,6 +192,9 @@ impl HostAgent for KvmAgentClient {
     }
     fn remove_eip(&self, eip: &EipSpec) -> Result<(), AgentError> {
         self.call_unit(path::REMOVE_EIP, eip)
+    }
+    fn console_log(&self, req: &ConsoleLogRequest) -> Result<ConsoleLog, AgentError> {
+        self.call(path::VM_CONSOLE_LOG, req)
     }
 }
 
@@ -337,5 +343,23 @@ impl HostAgent for SimulatorHost<'_> {
     }
     fn remove_eip(&self, _eip: &EipSpec) -> Result<(), AgentError> {
         Ok(())
+    }
+    /// A simulator host runs no guest, so there is no guest output: it answers the log of its
+    /// own simulated boot of the VM, labelled as the simulator's, in the same pieces as a KVM
+    /// host's agent.
+    fn console_log(&self, req: &ConsoleLogRequest) -> Result<ConsoleLog, AgentError> {
+        let host = &self.host_uuid;
+        let vm = &req.uuid;
+        let state = if self.runs(vm)? { "runs" } else { "is stopped" };
+        let text = format!(
+            "[simulator host {host}] This console log is written by the simulator, not by a guest: \
+             a simulator host runs no guest.\n\
+             [simulator host {host}] VM {vm} booted (simulated).\n\
+             [simulator host {host}] VM {vm} {state} on this simulator host.\n"
+        );
+        Ok(ConsoleLog {
+            source: Some(format!("simulator host {host}")),
+            ..ConsoleLog::of_bytes(text.as_bytes(), req.offset)
+        })
     }
 }

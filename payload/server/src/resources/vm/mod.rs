@@ -9,8 +9,9 @@
 //!
 //! Split by concern: `offering.rs` instance offerings, `placement.rs` choosing a host and
 //! primary storage, `spec.rs` what the agent is sent about a VM, `lifecycle.rs` the VM calls,
-//! `volume.rs` data volumes.
+//! `volume.rs` data volumes, `console.rs` a VM's serial console log.
 
+mod console;
 mod lifecycle;
 mod offering;
 mod placement;
@@ -29,6 +30,7 @@ use crate::query::{Query, Table};
 pub use lifecycle::reset_interrupted;
 pub use spec::{eip_specs_of_vm, nic_specs, vm_spec};
 
+use console::get_console_log;
 use lifecycle::{create_vm, destroy_vm, query_vm, reboot_vm, start_vm, stop_vm, update_vm};
 use offering::{create_offering, delete_offering, query_offering};
 use volume::{attach_volume, create_volume, delete_volume, detach_volume, query_volume};
@@ -96,6 +98,18 @@ pub const APIS: &[ApiSpec] = &[
         needs_session: true,
         params: QUERY_PARAMS,
         handler: Handler::Read(query_vm),
+    },
+    ApiSpec {
+        name: "GetVmConsoleLog",
+        description: "A VM's serial console log from a byte offset, at most 64 KiB per answer, \
+                      with nextOffset and the log's size: ask again from nextOffset to follow it \
+                      (restarted: the log was truncated or rotated, this piece starts at 0)",
+        needs_session: true,
+        params: &[
+            req("uuid", "the VM"),
+            opt("offset", "the byte to start from (default 0)"),
+        ],
+        handler: Handler::Read(get_console_log),
     },
     ApiSpec {
         name: "UpdateVmInstance",
