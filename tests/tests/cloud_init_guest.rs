@@ -155,6 +155,8 @@ fn stock_cloud_init_finds_the_metadata_and_runs_its_cloud_config() {
         &format!("primaryStorageUuid={ps_uuid}"),
         &format!("clusterUuid={cluster}"),
     ]);
+    // The management node runs as the user zstack: its backup storage directory is its own.
+    give_to_server_user(&bs);
     let bs_uuid = cli.uuid(&[
         "AddLocalBackupStorage",
         "name=bs",
