@@ -2,7 +2,8 @@
 //! this host with simulator hosts: a cloud built through the pages and wizards, jobs followed
 //! live, global configuration, the session rules (HttpOnly/SameSite cookie, CSRF, logout,
 //! a session ended elsewhere), escaping, the CSP header, and a phone-width layout. What the
-//! pages did is checked through zstack-cli (the API is the record). Each test leaves a
+//! pages did is checked through zstack-cli (the API is the record); a VM's page shows its console
+//! log and follows it. Each test leaves a
 //! screenshot of its last page under `target/tmp/<test>/`.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
@@ -519,6 +520,58 @@ fn a_cloud_built_in_the_browser() {
     b.wait_for("the jobs on the overview", 20, |b| {
         b.text("#overview-jobs").contains("CreateVmInstance")
     });
+
+    // The VM's page shows its console log as text (a simulator host's own lines, labelled as
+    // such), the same the API answers, and the script follows it: emptied and set back to
+    // offset 0, the page fetches the log again and appends it.
+    let booted = format!("VM {vm1} booted (simulated)");
+    b.goto(&format!("{BASE}/r/vms/{vm1}"));
+    assert!(b.text("#console-log-text").contains(&booted));
+    assert!(b
+        .text("#console-log-source")
+        .contains("a simulator host runs no guest"));
+    let api_log = cli.inv(&["GetVmConsoleLog", &format!("uuid={vm1}")]);
+    assert_eq!(
+        b.text("#console-log-text").trim(),
+        api_log["text"].as_str().unwrap().trim()
+    );
+    b.js(
+        "const el = document.querySelector('[data-console-log]');\
+         el.querySelector('pre').textContent = ''; el.dataset.offset = '0';",
+        json!([]),
+    );
+    assert!(!b.text("#console-log-text").contains(&booted));
+    b.wait_for("the console log fetched again by the page", 10, |b| {
+        b.text("#console-log-text").contains(&booted)
+    });
+    std::fs::write(out.join("vm-console-log.png"), b.screenshot_png()).unwrap();
+
+    // A VM on no host (stopped, then its host deleted) has no console log: its page says so.
+    let sim3 = cli.uuid(&[
+        "AddSimulatorHost",
+        "name=sim3",
+        "managementIp=192.0.2.3",
+        &format!("clusterUuid={cluster}"),
+        "cpuCapacity=8",
+        "memoryCapacity=16G",
+    ]);
+    let vm3 = cli.uuid(&[
+        "CreateVmInstance",
+        "name=vm3",
+        &format!("instanceOfferingUuid={offering}"),
+        &format!("imageUuid={image}"),
+        &format!("l3NetworkUuids={private}"),
+        &format!("hostUuid={sim3}"),
+    ]);
+    cli.ok(&["StopVmInstance", &format!("uuid={vm3}"), "type=cold"]);
+    cli.ok(&["DeleteHost", &format!("uuid={sim3}")]);
+    b.goto(&format!("{BASE}/r/vms/{vm3}"));
+    assert!(
+        b.text("#console-log-note").contains("is on no host"),
+        "{}",
+        b.text("#console-log")
+    );
+    assert!(b.all("#console-log-text").is_empty());
 }
 
 fn session_cookie(b: &Browser) -> Value {

@@ -40,9 +40,9 @@ function followConsole(el) {
   const url = el.dataset.consoleLog;
   const pre = el.querySelector("pre");
   const status = el.querySelector("[aria-live]");
-  let offset = parseInt(el.dataset.offset || "0", 10);
   const every = 1500;
   async function once() {
+    const offset = parseInt(el.dataset.offset || "0", 10);
     let res, body;
     try {
       res = await fetch(url + "?offset=" + offset, { credentials: "same-origin", redirect: "manual" });
@@ -70,8 +70,7 @@ function followConsole(el) {
       if (pre.textContent.length > CONSOLE_KEPT) pre.textContent = pre.textContent.slice(-CONSOLE_KEPT);
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
-    offset = body.nextOffset;
-    el.dataset.offset = String(offset);
+    el.dataset.offset = String(body.nextOffset);
     setTimeout(once, body.nextOffset < body.size ? 0 : every);
   }
   setTimeout(once, every);
