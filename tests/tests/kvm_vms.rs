@@ -202,6 +202,28 @@ fn a_vm_boots_and_each_cache_mode_reaches_qemu() {
     assert_eq!(vm["state"], "Running", "{vm}");
     let uuid = vm["uuid"].as_str().unwrap().to_string();
     wait_console(&uuid, "ZSTACK-GUEST: booted");
+    // zstack-cli reads the same console from the host's agent, followed piece by piece from
+    // each answer's nextOffset.
+    let (mut offset, mut text) = (0, String::new());
+    loop {
+        let piece = cli.inv(&[
+            "GetVmConsoleLog",
+            &format!("uuid={uuid}"),
+            &format!("offset={offset}"),
+        ]);
+        assert_eq!(piece["offset"], offset, "{piece}");
+        assert!(
+            piece["text"].as_str().unwrap().len() <= 64 * 1024,
+            "{piece}"
+        );
+        text.push_str(piece["text"].as_str().unwrap());
+        offset = piece["nextOffset"].as_u64().unwrap();
+        if offset >= piece["size"].as_u64().unwrap() {
+            break;
+        }
+    }
+    assert!(text.contains("ZSTACK-GUEST: booted"), "{text}");
+    assert!(cli.inv(&["GetVmConsoleLog", &format!("uuid={uuid}")])["source"].is_null());
     let root = vm["allVolumes"][0]["installPath"]
         .as_str()
         .unwrap()
