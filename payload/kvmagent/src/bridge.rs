@@ -87,7 +87,8 @@ pub enum BridgeError {
         interface: String,
         bridge: String,
         addresses: String,
-        source: HostError,
+        // Boxed: it keeps every Result of this module small.
+        source: Box<HostError>,
     },
     #[error(transparent)]
     Host(#[from] HostError),
@@ -132,7 +133,7 @@ pub fn ensure_bridge(tools: &dyn HostTools, interface: &str) -> Result<EnsuredBr
                             .map(|a| a.cidr.as_str())
                             .collect::<Vec<_>>()
                             .join(", "),
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 moved = addresses.into_iter().map(|a| a.cidr).collect();

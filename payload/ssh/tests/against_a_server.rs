@@ -1,6 +1,7 @@
 //! The client against a real SSH server in this process (russh's server), whose sessions run
 //! each command line with `sh -c` on this machine: logins, host-key pinning, quoting, standard
 //! input and exit status as a host would show them.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,10 +14,13 @@ use zstack_ssh::{Credentials, HostKeyPolicy, NodeKey, Session, SshError};
 
 const PASSWORD: &str = "it's right";
 
+/// The command line and the standard input received so far, per channel.
+type PendingCommands = Arc<Mutex<HashMap<ChannelId, (String, Vec<u8>)>>>;
+
 #[derive(Clone)]
 struct Shell {
     authorized: Arc<Mutex<Vec<PublicKey>>>,
-    pending: Arc<Mutex<HashMap<ChannelId, (String, Vec<u8>)>>>,
+    pending: PendingCommands,
 }
 
 impl server::Handler for Shell {

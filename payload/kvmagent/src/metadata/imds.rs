@@ -472,12 +472,6 @@ pub fn router(store: Arc<MetadataStore>, l3_uuid: String) -> Router {
     Router::new().fallback(handle).with_state(imds)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Listeners
-
-/// A running metadata server: its thread and runtime. [`MetadataListener::stop`] (or dropping
-/// it) closes the socket; stop it before deleting the L3's namespace (a namespace lives on, out
-
 /// What the answers' tests share (the user data tests use them too).
 #[cfg(test)]
 mod test_support {

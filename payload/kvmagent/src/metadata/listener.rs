@@ -44,6 +44,8 @@ fn socket_error(action: &'static str) -> impl FnOnce(std::io::Error) -> Listener
 /// How long a stopped listener lets requests in flight finish before its runtime is dropped.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
+/// A running metadata server: its thread and runtime. [`MetadataListener::stop`] (or dropping
+/// it) closes the socket; stop it before deleting the L3's namespace (a namespace lives on, out
 /// of sight, as long as a socket in it is open).
 pub struct MetadataListener {
     addr: SocketAddr,
