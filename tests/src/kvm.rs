@@ -121,6 +121,51 @@ impl Drop for LinksGuard {
     }
 }
 
+/// The network namespaces the agent makes for L3 networks (`zs-l3-…`) and EIPs (`zs-eip-…`).
+fn agent_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("zs-l3-") || n.starts_with("zs-eip-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes, when dropped, the agent's namespaces that appeared after it was made, with the
+/// processes in them (the L3's dnsmasq): a failed VM test leaves no network state behind.
+pub struct AgentNamespacesGuard(Vec<String>);
+
+impl AgentNamespacesGuard {
+    pub fn new() -> AgentNamespacesGuard {
+        AgentNamespacesGuard(agent_namespaces())
+    }
+}
+
+impl Default for AgentNamespacesGuard {
+    fn default() -> Self {
+        AgentNamespacesGuard::new()
+    }
+}
+
+impl Drop for AgentNamespacesGuard {
+    fn drop(&mut self) {
+        for ns in agent_namespaces() {
+            if self.0.contains(&ns) {
+                continue;
+            }
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").arg(pid).output();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
 /// Destroys every libvirt domain named like a ZStack VM (32 hex digits) when dropped, so a failed
 /// test leaves no qemu behind.
 pub struct DomainsGuard;
@@ -159,4 +204,44 @@ pub fn virsh(args: &[&str]) -> String {
 /// The console log of a VM, as the agent has libvirt write it.
 pub fn console(vm: &str) -> String {
     std::fs::read_to_string(format!("/var/log/zstack/vms/{vm}.console.log")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs root: run by make test"]
+    fn the_namespaces_guard_removes_only_new_agent_namespaces_and_their_processes() {
+        require_root();
+        let old = "zs-l3-00000000000000000000000000guard0";
+        let new = "zs-eip-0000000000000000000000000guard1";
+        for ns in [old, new] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        ok(Command::new("ip").args(["netns", "add", old]));
+        let guard = AgentNamespacesGuard::new();
+        ok(Command::new("ip").args(["netns", "add", new]));
+        let sleeper = Command::new("ip")
+            .args(["netns", "exec", new, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        wait_until(
+            "the process to enter the namespace",
+            Duration::from_secs(10),
+            || {
+                !ok(Command::new("ip").args(["netns", "pids", new]))
+                    .trim()
+                    .is_empty()
+            },
+        );
+        drop(guard);
+        let left = agent_namespaces();
+        assert!(!left.contains(&new.to_string()), "{left:?}");
+        assert!(left.contains(&old.to_string()), "{left:?}");
+        let mut sleeper = sleeper;
+        let status = sleeper.wait().unwrap();
+        assert!(!status.success(), "the process in the namespace was killed");
+        ok(Command::new("ip").args(["netns", "del", old]));
+    }
 }

@@ -119,6 +119,7 @@ fn stock_cloud_init_finds_the_metadata_and_runs_its_cloud_config() {
     let stack = install();
     let cli = &stack.cli;
     let _domains = DomainsGuard;
+    let _namespaces = AgentNamespacesGuard::new();
     let _links = LinksGuard(vec![
         format!("br_{PRIVATE_IFACE}"),
         PUBLIC_BRIDGE.into(),

@@ -163,6 +163,7 @@ fn cmdline(pid: u32) -> String {
 struct Setup {
     stack: Stack,
     _domains: DomainsGuard,
+    _namespaces: AgentNamespacesGuard,
     _links: LinksGuard,
     ps: LoopFs,
     _dirs: tempfile::TempDir,
@@ -183,6 +184,7 @@ fn setup() -> Setup {
     Setup {
         stack,
         _domains: domains,
+        _namespaces: AgentNamespacesGuard::new(),
         _links: links,
         ps,
         _dirs: dirs,
